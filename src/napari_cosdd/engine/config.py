@@ -1,0 +1,208 @@
+"""One config object that rebuilds the whole model, plus the training settings and presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ORIENTATIONS = ("x", "y", "z", "none")
+DIRECT_LOSSES = ("mse", "l1")
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the networks (not the weights).
+
+    Parameters
+    ----------
+    in_channels : int
+        Number of image channels; the noise of each channel is modelled independently.
+    spatial_dims : int
+        2 for (Y, X) images, 3 for (Z, Y, X) volumes.
+    orientation : str
+        Axis along which the noise is correlated and the AR decoder runs: "x" (rows), "y" (columns),
+        "z" (depth, 3-D only) or "none" (pixel-independent noise).
+    levels : int
+        Number of latent levels of the ladder VAE.
+    features : int
+        Feature channels of the VAE, signal decoder and Direct Denoiser.
+    latent_channels : int
+        Latent channels per level (the reference uses features // 2).
+    downsampling : tuple of int
+        1 where a level halves the resolution, 0 where it keeps it; one entry per level.
+    ar_filters, ar_kernel, ar_dilations : AR decoder width, 1-D kernel size and the dilation of each
+        residual pair (a causal convolution, then a 1x1 one). The defaults see 41 previous pixels.
+    mixture_components : int
+        Gaussians per pixel in the AR decoder's likelihood.
+    min_scale : float
+        Floor on the mixture scales in normalised units; keeps the likelihood finite.
+    signal_decoder_layers : int
+        Convolutions of the signal decoder.
+    direct_denoiser : bool
+        Whether a Direct Denoiser U-Net is trained alongside.
+    direct_loss : str
+        "mse" (the Direct Denoiser learns the posterior mean) or "l1" (the pixel-wise median).
+    """
+
+    in_channels: int = 1
+    spatial_dims: int = 2
+    orientation: str = "x"
+    levels: int = 8
+    features: int = 64
+    latent_channels: int = 32
+    downsampling: tuple[int, ...] = ()
+    ar_filters: int = 64
+    ar_kernel: int = 5
+    ar_dilations: tuple[int, ...] = (1, 2, 4, 2)
+    mixture_components: int = 3
+    min_scale: float = 1e-3
+    signal_decoder_layers: int = 4
+    direct_denoiser: bool = True
+    direct_loss: str = "mse"
+
+    def __post_init__(self) -> None:
+        self.downsampling = tuple(int(d) for d in self.downsampling)
+        self.ar_dilations = tuple(int(d) for d in self.ar_dilations)
+        if not self.downsampling:
+            self.downsampling = default_downsampling(self.levels, 64)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError with a plain message when the settings cannot work together."""
+        if self.orientation not in ORIENTATIONS:
+            raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {self.orientation!r}")
+        if self.spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        if self.orientation == "z" and self.spatial_dims != 3:
+            raise ValueError("orientation 'z' needs 3-D (Z, Y, X) data; use 'x', 'y' or 'none' for 2-D")
+        if self.direct_loss not in DIRECT_LOSSES:
+            raise ValueError(f"direct_loss must be one of {DIRECT_LOSSES}, got {self.direct_loss!r}")
+        for name in ("in_channels", "levels", "features", "latent_channels", "ar_filters",
+                     "ar_kernel", "mixture_components", "signal_decoder_layers"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if len(self.downsampling) != self.levels:
+            raise ValueError(
+                f"downsampling has {len(self.downsampling)} entries but the model has {self.levels} levels"
+            )
+        if self.min_scale <= 0:
+            raise ValueError("min_scale must be positive")
+
+    @property
+    def size_multiple(self) -> int:
+        """Image sides must be multiples of this (inference pads to it)."""
+        return 2 ** sum(self.downsampling)
+
+    @property
+    def receptive_field(self) -> int:
+        """How many previous pixels along the noise axis the AR decoder sees."""
+        if self.orientation == "none":
+            return 0
+        return self.ar_kernel + (self.ar_kernel - 1) * sum(self.ar_dilations)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown model settings: {sorted(unknown)}")
+        return cls(**values)
+
+
+def default_downsampling(levels: int, crop_size: int) -> tuple[int, ...]:
+    """Halve on as many levels as the crop allows; with more levels than halvings, the lowest
+    levels keep full resolution, taking every other level from the bottom."""
+    halvings = max(int(math.floor(math.log2(max(crop_size, 2)))) - 1, 0)
+    flags = [1] * levels
+    extra = max(levels - halvings, 0)
+    # Keep full resolution on the lowest even-numbered levels first, then odd ones.
+    for start in (0, 1):
+        for i in range(start, levels, 2):
+            if extra == 0:
+                break
+            flags[i] = 0
+            extra -= 1
+    return tuple(flags)
+
+
+@dataclass
+class TrainConfig:
+    """How to train: budgets, optimisation, data sampling and device.
+
+    Step and time budgets combine: training ends at whichever comes first (None = no limit from it).
+    """
+
+    crop_size: int = 64
+    batch_size: int = 4
+    max_steps: int | None = 2000
+    max_minutes: float | None = None
+    learning_rate: float = 2e-3
+    lr_patience: int = 8            # validations without improvement before the lr is reduced
+    lr_factor: float = 0.1
+    min_lr: float = 1e-6
+    early_stopping_patience: int = 25   # validations without improvement before stopping
+    val_every: int = 50             # steps between validations
+    val_fraction: float = 0.1
+    val_crops: int = 16             # fixed validation crops (the same every validation)
+    grad_clip: float = 10.0
+    max_nonfinite: int = 20         # consecutive non-finite losses before training gives up
+    seed: int | None = 0
+    device: str = "auto"
+    bf16: bool = True               # bf16 autocast on CUDA only; CPU always trains in fp32
+    checkpointing: bool = False     # activation checkpointing (saves GPU memory, costs time)
+    threads: int | None = None      # CPU threads for torch (None = torch's default)
+    clip_outliers: tuple[float, float] | None = None   # percentiles, e.g. (0.1, 99.9)
+
+    def __post_init__(self) -> None:
+        if self.crop_size < 8:
+            raise ValueError("crop_size must be at least 8 pixels")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.max_steps is None and self.max_minutes is None:
+            raise ValueError("give a step budget (max_steps) or a time budget (max_minutes), or both")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError("val_fraction must be between 0 and 1")
+        if self.learning_rate <= 0:
+            raise ValueError("learning_rate must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+
+# Presets name the network size; every field can still be overridden.
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seconds per run on a CPU: for tests and demos.
+    "tiny": dict(levels=3, features=16, latent_channels=8, ar_filters=16, ar_dilations=(1, 2),
+                 mixture_components=3),
+    # The reference's small model: 6 levels, 64 features.
+    "small": dict(levels=6, features=64, latent_channels=32, ar_filters=64, mixture_components=3),
+    # The reference's default size.
+    "default": dict(levels=8, features=64, latent_channels=32, ar_filters=64, mixture_components=3),
+    # The paper's large model: 14 levels, 128 features.
+    "large": dict(levels=14, features=128, latent_channels=64, ar_filters=64, mixture_components=4),
+}
+
+# What to use when the user does not choose: CPU time is scarce, a GPU is not.
+DEFAULT_PRESET_CPU = "small"
+DEFAULT_PRESET_GPU = "large"
+
+
+def model_config_from_preset(preset: str, crop_size: int = 64, **overrides: Any) -> ModelConfig:
+    """Build a ModelConfig from a preset name, with the downsampling worked out for the crop size."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = dict(PRESETS[preset])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    if "downsampling" not in overrides or overrides.get("downsampling") is None:
+        values["downsampling"] = default_downsampling(values["levels"], crop_size)
+    return ModelConfig(**values)

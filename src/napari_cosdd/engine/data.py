@@ -1,0 +1,268 @@
+"""Turning user arrays into training crops: axes, checks, normalisation, the split and the samplers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+AXES_LETTERS = "STCZYX"
+
+
+class InputError(ValueError):
+    """Input that cannot be used, with a message that says what to do."""
+
+
+# ---------------------------------------------------------------- axes
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How an array with an axes string maps to the engine's (N, C, *spatial) layout."""
+
+    axes: str
+    shape: tuple[int, ...]
+    spatial_dims: int
+
+    @property
+    def spatial_axes(self) -> str:
+        return "ZYX" if self.spatial_dims == 3 else "YX"
+
+    @property
+    def sample_axes(self) -> str:
+        return "".join(a for a in self.axes if a not in self.spatial_axes and a != "C")
+
+    @property
+    def order(self) -> list[int]:
+        """Permutation of the input axes into (sample axes..., C, spatial axes...)."""
+        wanted = self.sample_axes + ("C" if "C" in self.axes else "") + self.spatial_axes
+        return [self.axes.index(a) for a in wanted]
+
+    @property
+    def n_channels(self) -> int:
+        return self.shape[self.axes.index("C")] if "C" in self.axes else 1
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[self.axes.index(a)] for a in self.spatial_axes)
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        return tuple(self.shape[self.axes.index(a)] for a in self.sample_axes)
+
+    def to_engine(self, array: np.ndarray) -> np.ndarray:
+        """(N, C, *spatial) float32 view/copy of an input array."""
+        arr = np.transpose(array, self.order)
+        n = int(np.prod(self.sample_shape)) if self.sample_axes else 1
+        return np.ascontiguousarray(arr.reshape((n, self.n_channels) + self.spatial_shape), dtype=np.float32)
+
+    def from_engine(self, result: np.ndarray, leading: tuple[int, ...] = ()) -> np.ndarray:
+        """Inverse of to_engine for a result shaped (*leading, N, C, *spatial): back to the input's axes,
+        with any leading axes (e.g. posterior samples) kept in front."""
+        nl = len(leading)
+        permuted = tuple(self.shape[i] for i in self.order)
+        out = result.reshape(leading + permuted)
+        inverse = np.argsort(self.order)
+        return np.transpose(out, tuple(range(nl)) + tuple(nl + i for i in inverse))
+
+
+def normalise_axes(axes: str) -> str:
+    return axes.strip().upper()
+
+
+def make_layout(array: np.ndarray, axes: str, spatial_dims: int = 2) -> Layout:
+    """Check an axes string against an array and return its layout (InputError when they disagree)."""
+    axes = normalise_axes(axes)
+    bad = sorted(set(axes) - set(AXES_LETTERS))
+    if bad:
+        raise InputError(f"axes {axes!r} contain {bad}; use only the letters {AXES_LETTERS}")
+    if len(set(axes)) != len(axes):
+        raise InputError(f"axes {axes!r} name an axis twice; each of {AXES_LETTERS} may appear once")
+    if len(axes) != array.ndim:
+        raise InputError(
+            f"axes {axes!r} name {len(axes)} axes but the image has {array.ndim} (shape {array.shape}); "
+            f"give one letter per axis, e.g. {guess_axes(array.ndim)!r}"
+        )
+    needed = "ZYX" if spatial_dims == 3 else "YX"
+    missing = [a for a in needed if a not in axes]
+    if missing:
+        raise InputError(
+            f"axes {axes!r} lack {''.join(missing)}; a {spatial_dims}-D model needs {needed} axes"
+        )
+    return Layout(axes, tuple(array.shape), spatial_dims)
+
+
+def guess_axes(ndim: int) -> str:
+    return {2: "YX", 3: "ZYX", 4: "CZYX", 5: "TCZYX"}.get(ndim, "S" * max(ndim - 2, 0) + "YX")
+
+
+def check_values(array: np.ndarray, name: str = "image") -> None:
+    """Reject dtypes and values the model cannot learn from."""
+    if array.dtype == bool:
+        raise InputError(f"{name} is a boolean mask, not an intensity image; choose the raw image")
+    if np.iscomplexobj(array):
+        raise InputError(f"{name} is complex-valued; pass its magnitude or real part")
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise InputError(f"{name} has dtype {array.dtype}; use an integer or float image")
+    if array.size == 0:
+        raise InputError(f"{name} is empty")
+    if np.issubdtype(array.dtype, np.floating):
+        finite = np.isfinite(array)
+        if not finite.all():
+            bad = int(array.size - finite.sum())
+            raise InputError(
+                f"{name} has {bad} NaN or infinite pixels; replace them (e.g. with the median) before training"
+            )
+    lo, hi = array.min(), array.max()
+    if lo == hi:
+        raise InputError(f"{name} is constant (every pixel is {lo}); there is nothing to learn from it")
+
+
+def as_engine_images(images, axes: str, spatial_dims: int) -> list[np.ndarray]:
+    """One array or a list of arrays (sizes may differ) -> list of (C, *spatial) float32 images."""
+    arrays = list(images) if isinstance(images, (list, tuple)) else [images]
+    if not arrays:
+        raise InputError("no images were given")
+    out: list[np.ndarray] = []
+    channels = None
+    for i, arr in enumerate(arrays):
+        arr = np.asarray(arr)
+        name = "the image" if len(arrays) == 1 else f"image {i + 1}"
+        check_values(arr, name)
+        layout = make_layout(arr, axes, spatial_dims)
+        if channels is not None and layout.n_channels != channels:
+            raise InputError(
+                f"{name} has {layout.n_channels} channels but the first has {channels}; "
+                "train on images with the same channels"
+            )
+        channels = layout.n_channels
+        out.extend(layout.to_engine(arr))
+    return out
+
+
+# ---------------------------------------------------------------- normalisation
+
+
+def channel_stats(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std over every pixel of every image (float64 sums)."""
+    c = images[0].shape[0]
+    total = np.zeros(c)
+    total_sq = np.zeros(c)
+    count = 0
+    for img in images:
+        flat = img.reshape(c, -1).astype(np.float64)
+        total += flat.sum(1)
+        total_sq += (flat * flat).sum(1)
+        count += flat.shape[1]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean**2, 0))
+    if np.any(std == 0):
+        raise InputError("a channel is constant over all images; there is nothing to learn from it")
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+# ---------------------------------------------------------------- crop size and split
+
+
+def fit_crop(images: list[np.ndarray], crop_size: int, multiple: int = 1) -> tuple[tuple[int, ...], str | None]:
+    """Crop shape for the data: the requested side on every spatial axis, shrunk to the smallest image
+    (rounded down to `multiple`). Returns the shape and a message when it had to shrink."""
+    dims = images[0].ndim - 1
+    smallest = [min(img.shape[1 + a] for img in images) for a in range(dims)]
+    shape = []
+    for side in smallest:
+        s = min(crop_size, side)
+        s = (s // multiple) * multiple
+        shape.append(s)
+    if min(shape) < max(8, multiple):
+        raise InputError(
+            f"the smallest image is {tuple(smallest)} pixels, too small for training "
+            f"(need at least {max(8, multiple)} pixels per side for this model); use larger images"
+        )
+    msg = None
+    if any(s != crop_size for s in shape):
+        msg = f"crop shrunk from {crop_size} to {tuple(shape)} to fit the smallest image {tuple(smallest)}"
+    return tuple(shape), msg
+
+
+@dataclass
+class Split:
+    train: list[np.ndarray]
+    val: list[np.ndarray]
+    how: str
+
+
+def split_train_val(images: list[np.ndarray], val_fraction: float, crop: tuple[int, ...],
+                    seed: int | None) -> Split:
+    """Seeded split with no image or tile in both sets.
+
+    With enough images, whole images go to validation. Otherwise each image is cut along its longest
+    spatial axis into a training part and a validation band at least one crop long.
+    """
+    rng = np.random.default_rng(seed)
+    n = len(images)
+    n_val = int(round(n * val_fraction))
+    if n_val >= 1 and n - n_val >= 1:
+        order = rng.permutation(n)
+        val_idx = set(order[:n_val].tolist())
+        train = [images[i] for i in range(n) if i not in val_idx]
+        val = [images[i] for i in sorted(val_idx)]
+        return Split(train, val, f"{len(train)} training and {len(val)} validation images")
+    train, val = [], []
+    for img in images:
+        spatial = img.shape[1:]
+        axis = int(np.argmax(spatial))
+        length = spatial[axis]
+        band = max(crop[axis], int(math.ceil(length * val_fraction)))
+        if length - band < crop[axis]:
+            raise InputError(
+                f"an image of {tuple(spatial)} pixels is too small to hold out a validation band and still "
+                f"train on {crop[axis]}-pixel crops; add images, or use a smaller crop size"
+            )
+        at_end = bool(rng.integers(2))
+        cut = length - band if at_end else band
+        first = np.take(img, np.arange(cut), axis=1 + axis)
+        second = np.take(img, np.arange(cut, length), axis=1 + axis)
+        t, v = (first, second) if at_end else (second, first)
+        train.append(np.ascontiguousarray(t))
+        val.append(np.ascontiguousarray(v))
+    return Split(train, val, f"{len(images)} image(s) split into training parts and validation bands")
+
+
+# ---------------------------------------------------------------- crop sampling
+
+
+def _crop_positions(shape: tuple[int, ...], crop: tuple[int, ...]) -> int:
+    return int(np.prod([s - c + 1 for s, c in zip(shape, crop)]))
+
+
+def random_crop(img: np.ndarray, crop: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    starts = [int(rng.integers(0, s - c + 1)) for s, c in zip(img.shape[1:], crop)]
+    index = (slice(None),) + tuple(slice(a, a + c) for a, c in zip(starts, crop))
+    return img[index]
+
+
+class CropSampler:
+    """Random crops from the training images, drawn in the calling thread (no worker processes).
+
+    Images are chosen in proportion to the number of crop positions they offer, so every pixel is
+    about equally likely to be seen. No flips or rotations: they would change the noise orientation.
+    """
+
+    def __init__(self, images: list[np.ndarray], crop: tuple[int, ...], seed: int | None) -> None:
+        self.images = images
+        self.crop = crop
+        weights = np.array([_crop_positions(img.shape[1:], crop) for img in images], dtype=np.float64)
+        self.p = weights / weights.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, size: int) -> np.ndarray:
+        picks = self.rng.choice(len(self.images), size=size, p=self.p)
+        return np.stack([random_crop(self.images[i], self.crop, self.rng) for i in picks])
+
+
+def fixed_crops(images: list[np.ndarray], crop: tuple[int, ...], n: int, seed: int | None) -> np.ndarray:
+    """The validation crops: drawn once, the same at every validation."""
+    sampler = CropSampler(images, crop, None if seed is None else seed + 7919)
+    return sampler.batch(n)

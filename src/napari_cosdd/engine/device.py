@@ -1,0 +1,59 @@
+"""Choosing where to compute: CUDA, then Apple MPS, then CPU; and what is available, for the GUI."""
+
+from __future__ import annotations
+
+import torch
+
+
+def resolve_device(name: str | None = "auto") -> torch.device:
+    """'auto' picks CUDA, then MPS, then CPU; any other name must be available here."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("no CUDA GPU is available to PyTorch here; use device 'auto' or 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"there is no GPU {device.index}; {torch.cuda.device_count()} found")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("Apple MPS is not available here; use device 'auto' or 'cpu'")
+    return device
+
+
+def available_devices() -> list[tuple[str, str]]:
+    """(name, description) for each device PyTorch can use here, best first."""
+    found = []
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            found.append((f"cuda:{i}", f"{props.name} ({props.total_memory / 2**30:.0f} GiB)"))
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append(("mps", "Apple GPU (MPS)"))
+    found.append(("cpu", f"CPU ({torch.get_num_threads()} threads)"))
+    return found
+
+
+def free_memory(device: torch.device) -> None:
+    """Give cached GPU memory back after training or prediction."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes that inference may use on this device (a fraction of what is free)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * 0.6)
+    # CPU and MPS: stay modest so napari and the OS keep their share.
+    return 2 * 2**30

@@ -1,0 +1,322 @@
+"""Denoising with a trained model: direct or sampled, tiled with smooth blending, as a generator."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import data as D
+from .device import free_memory, memory_budget, resolve_device
+from .model import COSDD
+
+METHODS = ("direct", "sample")
+
+
+@dataclass
+class InferenceEvent:
+    """Progress of a denoising run: `done` of `total` tile passes."""
+
+    done: int
+    total: int
+    message: str = ""
+
+    @property
+    def fraction(self) -> float:
+        return self.done / max(self.total, 1)
+
+
+@dataclass
+class DenoiseResult:
+    """Outputs in the input's axes (samples: an extra leading axis). Absent outputs are None."""
+
+    direct: np.ndarray | None = None
+    mean: np.ndarray | None = None
+    variance: np.ndarray | None = None
+    std: np.ndarray | None = None
+    median: np.ndarray | None = None
+    samples: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+    def outputs(self) -> dict[str, np.ndarray]:
+        names = ("direct", "mean", "variance", "std", "median", "samples")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+
+# ---------------------------------------------------------------------------- tiling
+
+
+def bytes_per_pixel(model: COSDD) -> int:
+    """Rough peak activation memory of one inference pass, per pixel of the input."""
+    return 4 * model.config.features * 16
+
+
+def auto_tile(model: COSDD, device: torch.device, batch: int = 1) -> int:
+    """Largest tile side (a multiple of the model's size multiple) that fits the memory budget."""
+    m = model.config.size_multiple
+    pixels = memory_budget(device) / (bytes_per_pixel(model) * batch)
+    side = int(pixels ** (1.0 / model.config.spatial_dims))
+    side = max((side // m) * m, max(m, 32))
+    return min(side, 4096)
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start positions covering [0, length) with tiles of `tile` that overlap by at least `overlap`."""
+    if length <= tile:
+        return [0]
+    stride = tile - overlap
+    n = math.ceil((length - tile) / stride) + 1
+    return sorted({min(i * stride, length - tile) for i in range(n)})
+
+
+def blend_window(tile: int, overlap: int, at_start: bool, at_end: bool) -> np.ndarray:
+    """1-D weights: a raised-cosine ramp over `overlap` pixels on inner edges, 1 on image borders."""
+    w = np.ones(tile, dtype=np.float32)
+    if overlap > 0:
+        ramp = 0.5 - 0.5 * np.cos(np.pi * (np.arange(overlap) + 0.5) / overlap)
+        if not at_start:
+            w[:overlap] = ramp
+        if not at_end:
+            w[-overlap:] = ramp[::-1]
+    return w
+
+
+def _tiles(shape: tuple[int, ...], tile: tuple[int, ...], overlap: tuple[int, ...]):
+    """Yield (slices, weight) for every tile of an image of `shape`."""
+    per_axis = []
+    for length, t, o in zip(shape, tile, overlap):
+        t = min(t, length)
+        starts = tile_starts(length, t, o)
+        per_axis.append([
+            (slice(s, s + t), blend_window(t, o if len(starts) > 1 else 0, s == 0, s + t == length))
+            for s in starts
+        ])
+    for combo in np.ndindex(*[len(a) for a in per_axis]):
+        slices = tuple(per_axis[a][i][0] for a, i in enumerate(combo))
+        weight = per_axis[0][combo[0]][1]
+        for a in range(1, len(combo)):
+            weight = np.multiply.outer(weight, per_axis[a][combo[a]][1])
+        yield slices, weight
+
+
+def _pad_to_multiple(x: torch.Tensor, m: int) -> tuple[torch.Tensor, tuple[int, ...]]:
+    """Pad the spatial axes of (B, C, *spatial) up to multiples of m (reflect where possible)."""
+    spatial = x.shape[2:]
+    pads = [(-s) % m for s in spatial]
+    if not any(pads):
+        return x, tuple(spatial)
+    flat = []
+    for p in reversed(pads):
+        flat += [0, p]
+    mode = "reflect" if all(p < s for p, s in zip(pads, spatial)) else "replicate"
+    return F.pad(x, flat, mode=mode), tuple(spatial)
+
+
+def _crop_to(x: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
+    return x[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
+
+
+# ---------------------------------------------------------------------------- running the model
+
+
+class _Runner:
+    """Runs the model on normalised tiles on one device, padding each to the size multiple."""
+
+    def __init__(self, model: COSDD, device: torch.device, bf16: bool) -> None:
+        self.model = model
+        self.device = device
+        self.bf16 = bf16 and device.type == "cuda"
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+
+    @torch.no_grad()
+    def __call__(self, fn, tile: np.ndarray, repeat: int = 1) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(tile)).to(self.device)[None]
+        x, spatial = _pad_to_multiple(x, self.model.config.size_multiple)
+        if repeat > 1:
+            x = x.expand(repeat, *x.shape[1:])
+        with self._autocast():
+            y = fn(x)
+        return _crop_to(y.float(), spatial).cpu().numpy()
+
+
+def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "direct", n_samples: int = 100,
+                 variance: bool = True, median: bool = False, keep_samples: bool = False,
+                 tile: int | None = None, overlap: int | None = None, device: str = "auto",
+                 bf16: bool = True, seed: int | None = None,
+                 ) -> Iterator[InferenceEvent]:
+    """Generator of progress events whose return value (StopIteration.value) is a DenoiseResult.
+
+    direct: one pass of the Direct Denoiser. sample: n_samples posterior samples giving the mean and,
+    when asked, the variance and std, the pixel-wise median and the samples. Mean and variance
+    accumulate as samples arrive; the median and kept samples hold all samples in memory.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "direct" and model.direct_denoiser is None:
+        raise D.InputError("this model has no Direct Denoiser; use method 'sample'")
+    if method == "sample" and n_samples < 1:
+        raise ValueError("n_samples must be at least 1")
+    image = np.asarray(image)
+    D.check_values(image)
+    layout = D.make_layout(image, axes, model.config.spatial_dims)
+    if layout.n_channels != model.config.in_channels:
+        raise D.InputError(
+            f"the model expects {model.config.in_channels} channel(s) but the image has {layout.n_channels}; "
+            "pick the matching model or set the channel axis (C) correctly"
+        )
+    stack = layout.to_engine(image)  # (N, C, *spatial)
+    dev = resolve_device(device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = model.to(dev).eval()
+    runner = _Runner(model, dev, bf16)
+    dims = model.config.spatial_dims
+    mean_ = model.data_mean.cpu().numpy().reshape((-1,) + (1,) * dims)
+    std_ = model.data_std.cpu().numpy().reshape((-1,) + (1,) * dims)
+
+    sample_batch = 1
+    tile_side = tile
+    if method == "sample":
+        sample_batch = max(1, min(n_samples, 8))
+    if tile_side is None:
+        tile_side = auto_tile(model, dev, sample_batch)
+    m = model.config.size_multiple
+    tile_side = max(m, (int(tile_side) // m) * m)
+    spatial = stack.shape[2:]
+    tile_shape = tuple(min(tile_side, s) for s in spatial)
+    ov = overlap if overlap is not None else max(16, tile_side // 8)
+    overlap_shape = tuple(min(ov, t // 2) for t in tile_shape)
+    tiles = list(_tiles(spatial, tile_shape, overlap_shape))
+    passes_per_tile = 1 if method == "direct" else math.ceil(n_samples / sample_batch)
+    total = len(stack) * len(tiles) * passes_per_tile
+    done = 0
+
+    outs: dict[str, np.ndarray] = {}
+    names = ["direct"] if method == "direct" else ["mean"] + (["variance"] if variance else []) + (
+        ["median"] if median else [])
+    for n in names:
+        outs[n] = np.zeros(stack.shape, dtype=np.float32)
+    kept = np.zeros((n_samples,) + stack.shape, dtype=np.float32) if keep_samples and method == "sample" else None
+    weight_sum = np.zeros(spatial, dtype=np.float32)
+    for slices, w in tiles:
+        weight_sum[slices] += w
+
+    yield InferenceEvent(0, total, f"{len(stack)} image(s), {len(tiles)} tile(s) of {tile_shape}")
+    try:
+        for i, img in enumerate(stack):
+            norm = (img - mean_) / std_
+            for slices, w in tiles:
+                region = norm[(slice(None),) + slices]
+                if method == "direct":
+                    pred = runner(model.direct, region)[0]
+                    outs["direct"][(i, slice(None)) + slices] += pred * w
+                    done += 1
+                    yield InferenceEvent(done, total)
+                    continue
+                # Running mean and M2 (Welford, merged batch by batch) over the samples of this tile.
+                count = 0
+                t_mean = np.zeros(region.shape, dtype=np.float64)
+                t_m2 = np.zeros(region.shape, dtype=np.float64)
+                tile_samples = [] if (median or kept is not None) else None
+                while count < n_samples:
+                    b = min(sample_batch, n_samples - count)
+                    s = runner(model.posterior_sample, region, repeat=b).astype(np.float64)
+                    b_mean = s.mean(0)
+                    b_m2 = ((s - b_mean) ** 2).sum(0)
+                    delta = b_mean - t_mean
+                    new = count + b
+                    t_mean += delta * (b / new)
+                    t_m2 += b_m2 + delta**2 * (count * b / new)
+                    count = new
+                    if tile_samples is not None:
+                        tile_samples.append(s.astype(np.float32))
+                    done += 1
+                    yield InferenceEvent(done, total)
+                outs["mean"][(i, slice(None)) + slices] += (t_mean * w).astype(np.float32)
+                if variance:
+                    var = t_m2 / max(n_samples - 1, 1)
+                    outs["variance"][(i, slice(None)) + slices] += (var * w).astype(np.float32)
+                if tile_samples is not None:
+                    all_s = np.concatenate(tile_samples)
+                    if median:
+                        outs["median"][(i, slice(None)) + slices] += np.median(all_s, axis=0) * w
+                    if kept is not None:
+                        kept[(slice(None), i, slice(None)) + slices] += all_s * w
+    finally:
+        model.to("cpu")
+        free_memory(dev)
+
+    result = DenoiseResult(info={"method": method, "tile": tile_shape, "tiles": len(tiles),
+                                 "n_samples": n_samples if method == "sample" else 0})
+    for n, arr in outs.items():
+        arr /= weight_sum
+        if n == "variance":
+            var = arr * std_**2
+            result.variance = layout.from_engine(var)
+            result.std = layout.from_engine(np.sqrt(var))
+        else:
+            setattr(result, n, layout.from_engine(arr * std_ + mean_))
+    if kept is not None:
+        kept /= weight_sum
+        result.samples = layout.from_engine(kept * std_ + mean_, leading=(n_samples,))
+    return result
+
+
+def run_to_end(gen):
+    """Drive a generator to its end and return its return value."""
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def denoise(model: COSDD, image: np.ndarray, axes: str, **kwargs) -> DenoiseResult:
+    """Denoise one array (see denoise_iter for the options) and return all outputs."""
+    return run_to_end(denoise_iter(model, image, axes, **kwargs))
+
+
+@torch.no_grad()
+def generate_noisy(model: COSDD, image: np.ndarray, axes: str, device: str = "auto",
+                   max_side: int = 512, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Sample a new noisy image from the AR decoder given the latents of a (central crop of an) image.
+
+    Returns (crop of the real image, generated image), both (C, *spatial) in image units, so the
+    caller can compare their noise. Cost is linear in the line length (sliding window).
+    """
+    image = np.asarray(image)
+    D.check_values(image)
+    layout = D.make_layout(image, axes, model.config.spatial_dims)
+    if layout.n_channels != model.config.in_channels:
+        raise D.InputError(
+            f"the model expects {model.config.in_channels} channel(s) but the image has {layout.n_channels}"
+        )
+    img = layout.to_engine(image)[0]
+    m = model.config.size_multiple
+    index = [slice(None)]
+    for s in img.shape[1:]:
+        side = min(s, max_side)
+        side = max((side // m) * m, min(s, m))
+        start = (s - side) // 2
+        index.append(slice(start, start + side))
+    real = img[tuple(index)]
+    dev = resolve_device(device)
+    if seed is not None:
+        torch.manual_seed(seed)
+    model = model.to(dev).eval()
+    try:
+        x = model.normalise(torch.from_numpy(np.ascontiguousarray(real))[None].to(dev))
+        x, spatial = _pad_to_multiple(x, m)
+        noisy = _crop_to(model.generate_noisy(x), spatial)
+        out = model.denormalise(noisy)[0].cpu().numpy()
+    finally:
+        model.to("cpu")
+        free_memory(dev)
+    return real, out

@@ -1,0 +1,98 @@
+"""The COSDD model: ladder VAE + AR noise decoder + signal decoder + Direct Denoiser, and its losses."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ar_decoder import ARDecoder
+from .config import ModelConfig
+from .direct_denoiser import DirectDenoiser
+from .ladder_vae import LadderVAE
+from .signal_decoder import SignalDecoder
+
+
+class COSDD(nn.Module):
+    """All networks of one model, with the per-channel normalisation of its training data."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.vae = LadderVAE(config)
+        self.ar_decoder = ARDecoder(config)
+        self.signal_decoder = SignalDecoder(config)
+        self.direct_denoiser = DirectDenoiser(config) if config.direct_denoiser else None
+        self.register_buffer("data_mean", torch.zeros(config.in_channels))
+        self.register_buffer("data_std", torch.ones(config.in_channels))
+
+    # ------------------------------------------------------------ parameter groups
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Each loss updates its own networks, with its own optimiser."""
+        groups = {
+            "elbo": list(self.vae.parameters()) + list(self.ar_decoder.parameters()),
+            "signal": list(self.signal_decoder.parameters()),
+        }
+        if self.direct_denoiser is not None:
+            groups["direct"] = list(self.direct_denoiser.parameters())
+        return groups
+
+    # ------------------------------------------------------------ normalisation
+
+    def _stat_view(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return t.view((1, -1) + (1,) * (x.dim() - 2)).to(x.dtype)
+
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self._stat_view(self.data_mean, x)) / self._stat_view(self.data_std, x)
+
+    def denormalise(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self._stat_view(self.data_std, x) + self._stat_view(self.data_mean, x)
+
+    def set_normalisation(self, mean, std) -> None:
+        self.data_mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.data_std.copy_(torch.as_tensor(std, dtype=torch.float32))
+
+    # ------------------------------------------------------------ training
+
+    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """All losses for a batch of normalised crops x (B, C, *spatial).
+
+        elbo = KL per pixel + mean negative log-likelihood (nats per pixel); the signal decoder and the
+        Direct Denoiser see the code and the target with gradients stopped, so the three losses can be
+        summed and back-propagated once while each still updates only its own networks.
+        """
+        code, kl = self.vae(x)
+        pixels = math.prod(x.shape[1:])
+        kl = (kl / pixels).mean()
+        params = self.ar_decoder(x, code)
+        nll = -self.ar_decoder.log_likelihood(x.float(), params.float()).mean()
+        signal = self.signal_decoder(code.detach())
+        out = {"elbo": kl + nll, "kl": kl, "nll": nll, "signal": F.mse_loss(signal.float(), x.float())}
+        if self.direct_denoiser is not None:
+            pred = self.direct_denoiser(x).float()
+            target = signal.detach().float()
+            if self.config.direct_loss == "l1":
+                out["direct"] = F.l1_loss(pred, target)
+            else:
+                out["direct"] = F.mse_loss(pred, target)
+        return out
+
+    # ------------------------------------------------------------ inference (normalised units)
+
+    def posterior_sample(self, x: torch.Tensor) -> torch.Tensor:
+        """One sample of the clean image: encode (sampling z) and decode the signal."""
+        code, _ = self.vae(x)
+        return self.signal_decoder(code)
+
+    def direct(self, x: torch.Tensor) -> torch.Tensor:
+        if self.direct_denoiser is None:
+            raise ValueError("this model was trained without a Direct Denoiser; use the 'sample' method")
+        return self.direct_denoiser(x)
+
+    def generate_noisy(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode x, then draw a new noisy image from the AR decoder (checks the learned noise)."""
+        code, _ = self.vae(x)
+        return self.ar_decoder.sample(code)

@@ -1,0 +1,110 @@
+"""Model files: one file with config, weights, normalisation, training summary and version.
+
+Files hold only tensors and plain Python values and are read with torch.load(weights_only=True),
+so opening a model file cannot execute code.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import ModelConfig
+from .model import COSDD
+
+FORMAT = "napari-cosdd-model"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A file that is not a usable napari-cosdd model, with the reason."""
+
+
+def _package_version() -> str:
+    from .. import __version__
+
+    return __version__
+
+
+def _plain(value: Any) -> Any:
+    """Tuples to lists, numpy scalars to Python: only types the safe loader accepts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, torch.Tensor):
+        return value.item()
+    return value
+
+
+def save_model(model: COSDD, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write the model to `path` atomically (a partly written file never replaces a good one)."""
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "package_version": _package_version(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "model_config": _plain(model.config.to_dict()),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "history": _plain(getattr(model, "history", [])),
+        "extra": _plain(extra or {}),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def read_model_file(path: str | os.PathLike) -> dict:
+    """The raw contents of a model file, checked; ModelFileError when it is not one."""
+    path = Path(path)
+    if not path.exists():
+        raise ModelFileError(f"{path} does not exist")
+    if path.is_dir():
+        raise ModelFileError(f"{path} is a folder; choose a model file (.cosdd)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ModelFileError(
+            f"{path} holds more than plain weights and was not opened, so that no code in it could run"
+        ) from err
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ModelFileError(f"{path} is not a readable model file (corrupted or another format): {err}") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not a napari-cosdd model file")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} was written by napari-cosdd {payload.get('package_version', '?')} in model format "
+            f"{version}; this napari-cosdd ({_package_version()}) reads format {FORMAT_VERSION}. Upgrade napari-cosdd."
+        )
+    return payload
+
+
+def load_model(path: str | os.PathLike) -> COSDD:
+    """Rebuild a model from its file (on the CPU, in eval mode)."""
+    payload = read_model_file(path)
+    try:
+        config = ModelConfig.from_dict(payload["model_config"])
+        model = COSDD(config)
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise ModelFileError(f"{path} does not match this version's model layout: {err}") from err
+    model.history = payload.get("history", [])
+    model.extra = payload.get("extra", {})
+    model.package_version = payload.get("package_version")
+    return model.eval()

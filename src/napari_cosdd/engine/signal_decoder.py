@@ -1,0 +1,29 @@
+"""The signal decoder: maps the latent code to image space; trained by MSE against the noisy input."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .layers import conv
+
+
+class SignalDecoder(nn.Module):
+    """conv3 + ReLU layers from the code to the image.
+
+    Trained with MSE against the noisy image with the code's gradients stopped: for zero-mean noise
+    E[x | z] is the signal, so its output is the clean image implied by one latent sample.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        d, f = config.spatial_dims, config.features
+        layers: list[nn.Module] = []
+        for _ in range(config.signal_decoder_layers - 1):
+            layers += [conv(d, f, f), nn.ReLU()]
+        layers.append(conv(d, f, config.in_channels))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, code: torch.Tensor) -> torch.Tensor:
+        return self.net(code)

@@ -1,0 +1,317 @@
+"""Training as a generator of progress events, so the GUI and the command line drive it unchanged."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from . import data as D
+from .config import ModelConfig, TrainConfig, model_config_from_preset
+from .device import free_memory, resolve_device
+from .model import COSDD
+
+LOSS_NAMES = ("elbo", "kl", "nll", "signal", "direct")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message says what to change."""
+
+
+@dataclass
+class TrainingEvent:
+    """One progress report. `kind` is "start", "step", "validation", "warning" or "done"."""
+
+    kind: str
+    step: int
+    total_steps: int | None
+    epoch: float
+    elapsed: float
+    eta: float | None
+    train: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] | None = None
+    lr: float = 0.0
+    best_val: float | None = None
+    skipped_steps: int = 0
+    message: str = ""
+
+    @property
+    def fraction(self) -> float | None:
+        """Progress in [0, 1] by whichever budget ends first, when one is known."""
+        if self.eta is None:
+            return None
+        total = self.elapsed + self.eta
+        return 1.0 if total <= 0 else min(self.elapsed / total, 1.0)
+
+
+def _seed_everything(seed: int | None) -> None:
+    if seed is not None:
+        torch.manual_seed(seed)
+
+
+def _crop_spatial_dims(model_config: ModelConfig | None, spatial_dims: int | None, orientation: str) -> int:
+    if model_config is not None:
+        return model_config.spatial_dims
+    if spatial_dims is not None:
+        return spatial_dims
+    return 3 if orientation == "z" else 2
+
+
+class Trainer:
+    """Holds the data, the model and the optimisers of one training run.
+
+    Bad input is rejected here, before any training starts. `fit()` is a generator of
+    TrainingEvent; `stop()` (from any thread) ends it at the next step. Whatever ends training
+    (budget, early stopping, stop request, closing the generator), the model keeps the weights with
+    the best validation ELBO, so it is always usable.
+
+    Parameters
+    ----------
+    images : array or list of arrays
+        Noisy images, sizes may differ; axes given by `axes`.
+    axes : str
+        Letters over S, T, C, Z, Y, X, one per array axis.
+    model : COSDD, optional
+        Continue training this model (its normalisation and architecture are kept).
+    preset : str
+        Network size when starting afresh ("tiny", "small", "default", "large").
+    orientation : str
+        Noise axis when starting afresh: "x", "y", "z" or "none".
+    train_config : TrainConfig
+        Budgets, optimisation and device settings.
+    model_overrides : dict
+        ModelConfig fields that override the preset.
+    """
+
+    def __init__(self, images, axes: str, model: COSDD | None = None, preset: str = "small",
+                 orientation: str = "x", train_config: TrainConfig | None = None,
+                 spatial_dims: int | None = None, **model_overrides) -> None:
+        self.cfg = train_config or TrainConfig()
+        self.messages: list[str] = []
+        dims = _crop_spatial_dims(model.config if model else None, spatial_dims, orientation)
+        engine_images = D.as_engine_images(images, axes, dims)
+        multiple = model.config.size_multiple if model else 1
+        crop, msg = D.fit_crop(engine_images, self.cfg.crop_size, multiple)
+        if msg:
+            self.messages.append(msg)
+        if model is None:
+            overrides = dict(model_overrides)
+            overrides.setdefault("orientation", orientation)
+            overrides["in_channels"] = engine_images[0].shape[0]
+            overrides["spatial_dims"] = dims
+            overrides.setdefault("downsampling", None)
+            model_config = model_config_from_preset(preset, min(crop), **overrides)
+            # The crop must be a multiple of the total downsampling.
+            m = model_config.size_multiple
+            crop = tuple((c // m) * m for c in crop)
+            self.model = COSDD(model_config)
+            mean, std = D.channel_stats(engine_images)
+            self.model.set_normalisation(mean, std)
+            self.history: list[dict] = []
+        else:
+            if model.config.in_channels != engine_images[0].shape[0]:
+                raise D.InputError(
+                    f"the model was trained on {model.config.in_channels} channel(s) but these images have "
+                    f"{engine_images[0].shape[0]}; train a new model for them"
+                )
+            self.model = model
+            self.history = list(getattr(model, "history", []))
+        self.crop = crop
+        if self.cfg.clip_outliers is not None:
+            lo, hi = np.percentile(np.concatenate([i.ravel() for i in engine_images]), self.cfg.clip_outliers)
+            engine_images = [np.clip(i, lo, hi) for i in engine_images]
+        self.split = D.split_train_val(engine_images, self.cfg.val_fraction, crop, self.cfg.seed)
+        self.messages.append(f"split: {self.split.how}")
+        mean = self.model.data_mean.numpy().reshape((-1,) + (1,) * dims)
+        std = self.model.data_std.numpy().reshape((-1,) + (1,) * dims)
+        self.train_images = [(i - mean) / std for i in self.split.train]
+        val_images = [(i - mean) / std for i in self.split.val]
+        self.sampler = D.CropSampler(self.train_images, crop, self.cfg.seed)
+        self.val_crops = D.fixed_crops(val_images, crop, self.cfg.val_crops, self.cfg.seed)
+        train_pixels = sum(i[0].size for i in self.train_images)
+        self.steps_per_epoch = max(1, math.ceil(train_pixels / (math.prod(crop) * self.cfg.batch_size)))
+        self.device = resolve_device(self.cfg.device)
+        self._stop = threading.Event()
+        self.steps_done = sum(h.get("steps", 0) for h in self.history)
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self) -> None:
+        """Ask training to end at the next step (thread-safe)."""
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # ------------------------------------------------------------------ internals
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.cfg.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(batch).to(self.device, non_blocking=True)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean losses over the fixed validation crops, with a fixed random stream so that
+        successive validations differ only because the weights did."""
+        self.model.eval()
+        sums: dict[str, float] = {}
+        n = 0
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(12345)
+            for start in range(0, len(self.val_crops), self.cfg.batch_size):
+                batch = self._to_device(self.val_crops[start:start + self.cfg.batch_size])
+                with self._autocast():
+                    losses = self.model.losses(batch)
+                for k, v in losses.items():
+                    sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
+                n += len(batch)
+        self.model.train()
+        return {k: v / n for k, v in sums.items()}
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self) -> Iterator[TrainingEvent]:
+        cfg = self.cfg
+        _seed_everything(cfg.seed)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        model = self.model.to(self.device)
+        model.vae.checkpointing = cfg.checkpointing
+        model.train()
+        groups = model.parameter_groups()
+        optimisers = {k: torch.optim.Adamax(p, lr=cfg.learning_rate) for k, p in groups.items()}
+        schedulers = {
+            k: torch.optim.lr_scheduler.ReduceLROnPlateau(o, factor=cfg.lr_factor, patience=cfg.lr_patience,
+                                                          min_lr=cfg.min_lr)
+            for k, o in optimisers.items()
+        }
+        best_val = math.inf
+        best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        since_best = 0
+        consecutive_bad = 0
+        skipped = 0
+        step = 0
+        start = time.perf_counter()
+        deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else None
+        running: dict[str, float] = {}
+        last_val: dict[str, float] | None = None
+        finished_reason = "budget reached"
+
+        def event(kind: str, message: str = "") -> TrainingEvent:
+            elapsed = time.perf_counter() - start
+            eta = None
+            if step > 0:
+                per_step = elapsed / step
+                candidates = []
+                if cfg.max_steps:
+                    candidates.append(max(cfg.max_steps - step, 0) * per_step)
+                if deadline:
+                    candidates.append(max(deadline - time.perf_counter(), 0.0))
+                eta = min(candidates) if candidates else None
+            return TrainingEvent(
+                kind=kind, step=step, total_steps=cfg.max_steps, epoch=step / self.steps_per_epoch,
+                elapsed=elapsed, eta=eta, train=dict(running), val=last_val,
+                lr=optimisers["elbo"].param_groups[0]["lr"],
+                best_val=None if math.isinf(best_val) else best_val, skipped_steps=skipped, message=message,
+            )
+
+        yield event("start", "; ".join(self.messages + [
+            f"device {self.device}", f"crop {self.crop}", f"{self.steps_per_epoch} steps per epoch"]))
+        try:
+            while True:
+                if cfg.max_steps is not None and step >= cfg.max_steps:
+                    break
+                if deadline is not None and time.perf_counter() >= deadline:
+                    break
+                if self._stop.is_set():
+                    finished_reason = "stopped on request"
+                    break
+                batch = self._to_device(self.sampler.batch(cfg.batch_size))
+                with self._autocast():
+                    losses = model.losses(batch)
+                total = sum(losses[k] for k in ("elbo", "signal", "direct") if k in losses)
+                for o in optimisers.values():
+                    o.zero_grad(set_to_none=True)
+                ok = bool(torch.isfinite(total))
+                if ok:
+                    total.backward()
+                    for k, params in groups.items():
+                        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                        ok = ok and bool(torch.isfinite(norm))
+                step += 1
+                if not ok:
+                    skipped += 1
+                    consecutive_bad += 1
+                    for o in optimisers.values():
+                        o.zero_grad(set_to_none=True)
+                    if consecutive_bad >= cfg.max_nonfinite:
+                        raise TrainingError(
+                            f"{consecutive_bad} steps in a row gave a non-finite loss. Try fewer mixture "
+                            "components, clipping outliers (clip_outliers=(0.1, 99.9)), or a lower learning "
+                            f"rate (now {cfg.learning_rate:g})."
+                        )
+                    yield event("warning", f"step {step}: non-finite loss, step skipped")
+                    continue
+                consecutive_bad = 0
+                for o in optimisers.values():
+                    o.step()
+                for k, v in losses.items():
+                    v = float(v.detach())
+                    running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
+                if step % cfg.val_every == 0:
+                    last_val = self.validate()
+                    for k, sched in schedulers.items():
+                        sched.step(last_val[k])
+                    if last_val["elbo"] < best_val:
+                        best_val = last_val["elbo"]
+                        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                        since_best = 0
+                    else:
+                        since_best += 1
+                    yield event("validation")
+                    if since_best >= cfg.early_stopping_patience:
+                        finished_reason = "early stopping: validation ELBO stopped improving"
+                        break
+                else:
+                    yield event("step")
+            # A last validation, so the best weights also consider the final ones.
+            if step % cfg.val_every != 0 and step > 0:
+                last_val = self.validate()
+                if last_val["elbo"] < best_val:
+                    best_val = last_val["elbo"]
+                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        finally:
+            model.load_state_dict(best_state)
+            model.eval()
+            self.steps_done += step
+            self.history.append({
+                "steps": step, "seconds": round(time.perf_counter() - start, 2), "device": str(self.device),
+                "best_val_elbo": None if math.isinf(best_val) else best_val, "skipped_steps": skipped,
+                "crop": list(self.crop), "batch_size": cfg.batch_size, "reason": finished_reason,
+                "final_val": last_val,
+            })
+            model.history = self.history
+            model.to("cpu")
+            free_memory(self.device)
+        yield event("done", finished_reason)
+
+
+def train(images, axes: str, **kwargs) -> COSDD:
+    """Train to the end of the budget and return the model (the Python API's one-call form)."""
+    trainer = Trainer(images, axes, **kwargs)
+    for _ in trainer.fit():
+        pass
+    return trainer.model
