@@ -95,6 +95,7 @@ class Trainer:
                  spatial_dims: int | None = None, **model_overrides) -> None:
         self.cfg = train_config or TrainConfig()
         self.messages: list[str] = []
+        _seed_everything(self.cfg.seed)  # before the networks are initialised
         dims = _crop_spatial_dims(model.config if model else None, spatial_dims, orientation)
         engine_images = D.as_engine_images(images, axes, dims)
         multiple = model.config.size_multiple if model else 1

@@ -1,0 +1,39 @@
+"""Shared fixtures: small synthetic data and one quickly trained tiny model for the whole session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cosdd.engine.config import TrainConfig
+from napari_cosdd.engine.synthetic import make_dataset
+from napari_cosdd.engine.train import Trainer
+
+
+@pytest.fixture(autouse=True)
+def _cpu_threads():
+    torch.set_num_threads(2)
+    yield
+
+
+@pytest.fixture(scope="session")
+def stripes_small():
+    """Eight 96x96 stripes-noise images and their clean versions."""
+    return make_dataset("stripes", n_images=8, shape=(96, 96), seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(stripes_small):
+    """A tiny model trained for a few seconds: enough for shapes, files and widgets, not for quality."""
+    noisy, _ = stripes_small
+    trainer = Trainer(noisy, "SYX", preset="tiny", orientation="x",
+                      train_config=TrainConfig(max_steps=30, val_every=10, crop_size=32, seed=0, device="cpu"))
+    for _ in trainer.fit():
+        pass
+    return trainer.model
+
+
+def make_stripes(n=4, size=64, seed=0):
+    noisy, clean = make_dataset("stripes", n_images=n, shape=(size, size), seed=seed)
+    return noisy.astype(np.float32), clean

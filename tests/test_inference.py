@@ -1,0 +1,114 @@
+"""Denoising: direct and sampled outputs, statistics, tiling with blending, stacks, noise generation."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cosdd.engine import inference as I
+from napari_cosdd.engine.data import InputError
+
+
+def test_direct_output_keeps_axes_and_dtype(tiny_model, stripes_small):
+    noisy = stripes_small[0][:2]
+    out = I.denoise(tiny_model, noisy, "SYX", method="direct", device="cpu")
+    assert out.direct.shape == noisy.shape and out.direct.dtype == np.float32
+    assert out.mean is None and out.samples is None
+
+
+def test_sampled_statistics(tiny_model, stripes_small):
+    img = stripes_small[0][0]
+    out = I.denoise(tiny_model, img, "YX", method="sample", n_samples=6, median=True, keep_samples=True,
+                    device="cpu", seed=0)
+    assert out.samples.shape == (6,) + img.shape
+    assert np.allclose(out.mean, out.samples.mean(0), atol=1e-4)
+    assert np.allclose(out.variance, out.samples.var(0, ddof=1), rtol=1e-3, atol=1e-6)
+    assert np.allclose(out.std, np.sqrt(out.variance))
+    assert np.allclose(out.median, np.median(out.samples, 0), atol=1e-4)
+    assert (out.variance > 0).all(), "posterior samples differ"
+
+
+def test_sample_statistics_do_not_keep_samples_unless_asked(tiny_model, stripes_small, monkeypatch):
+    """Mean and variance accumulate per batch: nothing of size n_samples is allocated."""
+    img = stripes_small[0][0]
+    allocated = []
+    real_zeros = np.zeros
+
+    def spy(shape, *a, **k):
+        allocated.append(tuple(np.atleast_1d(shape)))
+        return real_zeros(shape, *a, **k)
+
+    monkeypatch.setattr(I.np, "zeros", spy)
+    I.denoise(tiny_model, img, "YX", method="sample", n_samples=40, device="cpu")
+    assert all(40 not in s for s in allocated)
+
+
+def test_tiled_and_untiled_direct_outputs_agree_without_seams(tiny_model):
+    """Tolerance: 2% of the input's range at any pixel, 0.5% on average, and no step at tile borders.
+
+    Tiles see less context near their edges, so tiled and whole-image outputs cannot be bit-equal;
+    BatchNorm is in eval mode, so the networks are otherwise position-independent. The blending ramps
+    hide any remaining difference: the mean absolute jump between neighbouring columns at a tile border
+    is no larger than elsewhere (within 1.5x).
+    """
+    rng = np.random.default_rng(0)
+    from napari_cosdd.engine.synthetic import add_stripes_noise, clean_image
+
+    img = add_stripes_noise(clean_image((200, 300), seed=4), seed=5)
+    whole = I.denoise(tiny_model, img, "YX", device="cpu", tile=512).direct
+    tiled = I.denoise(tiny_model, img, "YX", device="cpu", tile=96, overlap=32).direct
+    span = img.max() - img.min()
+    assert np.abs(tiled - whole).max() < 0.02 * span
+    assert np.abs(tiled - whole).mean() < 0.005 * span
+    jumps = np.abs(np.diff(tiled, axis=1)).mean(0)
+    starts = I.tile_starts(300, 96, 32)
+    borders = [s - 1 for s in starts[1:]] + [s + 96 - 1 for s in starts[:-1]]
+    assert jumps[borders].mean() < 1.5 * np.median(jumps)
+
+
+def test_tile_layout_covers_every_pixel_with_positive_weight():
+    weight = np.zeros((130, 70))
+    for slices, w in I._tiles((130, 70), (64, 32), (16, 8)):
+        weight[slices] += w
+    assert weight.min() > 0.05
+
+
+def test_2d_model_runs_a_stack_plane_by_plane(tiny_model, stripes_small):
+    stack = stripes_small[0][:3]
+    events = list(I.denoise_iter(tiny_model, stack, "TYX", device="cpu"))
+    assert events[-1].done == events[-1].total == 3
+    single = I.denoise(tiny_model, stack[1], "YX", device="cpu").direct
+    whole = I.denoise(tiny_model, stack, "TYX", device="cpu").direct
+    assert np.allclose(whole[1], single, atol=1e-5)
+
+
+def test_channel_mismatch_is_refused(tiny_model):
+    with pytest.raises(InputError, match="channel"):
+        I.denoise(tiny_model, np.random.default_rng(0).normal(size=(2, 64, 64)), "CYX", device="cpu")
+
+
+def test_cancel_by_closing_the_generator(tiny_model, stripes_small):
+    gen = I.denoise_iter(tiny_model, stripes_small[0], "SYX", device="cpu")
+    next(gen), next(gen)
+    gen.close()
+    assert next(tiny_model.parameters()).device.type == "cpu"
+
+
+def test_auto_tile_bounds_memory():
+    from napari_cosdd.engine.config import model_config_from_preset
+    from napari_cosdd.engine.model import COSDD
+
+    model = COSDD(model_config_from_preset("small", 64))
+    side = I.auto_tile(model, torch.device("cpu"))
+    assert side % model.config.size_multiple == 0
+    assert side * side * I.bytes_per_pixel(model) <= 2 * 2**30
+
+
+@pytest.mark.parametrize("orientation", ["x", "y", "none"])
+def test_generated_noise_image(orientation, stripes_small):
+    from napari_cosdd.engine.config import model_config_from_preset
+    from napari_cosdd.engine.model import COSDD
+
+    model = COSDD(model_config_from_preset("tiny", 32, orientation=orientation)).eval()
+    real, generated = I.generate_noisy(model, stripes_small[0][0], "YX", device="cpu", seed=0)
+    assert real.shape == generated.shape == (1, 96, 96)
+    assert np.isfinite(generated).all() and generated.std() > 0

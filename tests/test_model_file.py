@@ -1,0 +1,91 @@
+"""Model files: exact round trip, safe loading, clear errors."""
+
+import pickle
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cosdd import __version__
+from napari_cosdd.engine.inference import denoise
+from napari_cosdd.engine.model_file import ModelFileError, load_model, read_model_file, save_model
+
+
+def test_round_trip_gives_identical_outputs(tiny_model, stripes_small, tmp_path):
+    path = save_model(tiny_model, tmp_path / "m.cosdd")
+    again = load_model(path)
+    img = stripes_small[0][0]
+    a = denoise(tiny_model, img, "YX", device="cpu").direct
+    b = denoise(again, img, "YX", device="cpu").direct
+    assert np.array_equal(a, b)
+    assert again.config == tiny_model.config
+    assert torch.equal(again.data_mean, tiny_model.data_mean) and torch.equal(again.data_std, tiny_model.data_std)
+    assert again.history and again.history[0]["steps"] == 30
+
+
+def test_file_holds_config_summary_and_version(tiny_model, tmp_path):
+    path = save_model(tiny_model, tmp_path / "m.cosdd", extra={"axes": "YX"})
+    payload = torch.load(path, weights_only=True)  # loads with the safe loader
+    assert payload["package_version"] == __version__
+    assert payload["model_config"]["orientation"] == "x"
+    assert payload["extra"] == {"axes": "YX"}
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_files_that_would_run_code_are_refused(tmp_path, capsys):
+    path = tmp_path / "evil.cosdd"
+    torch.save({"format": "napari-cosdd-model", "payload": _Evil()}, path)
+    with pytest.raises(ModelFileError, match="no code in it could run"):
+        load_model(path)
+    assert "must never run" not in capsys.readouterr().out
+
+
+def test_corrupted_file(tiny_model, tmp_path):
+    path = save_model(tiny_model, tmp_path / "m.cosdd")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match="corrupted"):
+        load_model(path)
+
+
+def test_non_model_files(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    with pytest.raises(ModelFileError):
+        load_model(text)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, other)
+    with pytest.raises(ModelFileError, match="not a napari-cosdd model"):
+        load_model(other)
+    with pytest.raises(ModelFileError, match="does not exist"):
+        load_model(tmp_path / "missing.cosdd")
+
+
+def test_newer_format_asks_for_an_upgrade(tiny_model, tmp_path):
+    path = save_model(tiny_model, tmp_path / "m.cosdd")
+    payload = read_model_file(path)
+    payload["format_version"] = 99
+    torch.save(payload, path)
+    with pytest.raises(ModelFileError, match="Upgrade napari-cosdd"):
+        load_model(path)
+
+
+def test_saving_never_leaves_a_half_written_file(tiny_model, tmp_path, monkeypatch):
+    path = save_model(tiny_model, tmp_path / "m.cosdd")
+    good = path.read_bytes()
+
+    def broken_save(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_model(tiny_model, path)
+    assert path.read_bytes() == good
+    assert not list(tmp_path.glob("*.part"))

@@ -1,0 +1,159 @@
+"""Training: events, stop, non-finite guard, best weights, resume, reproducibility, and the outcome."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_cosdd.engine.config import TrainConfig
+from napari_cosdd.engine.inference import denoise
+from napari_cosdd.engine.synthetic import make_dataset, psnr
+from napari_cosdd.engine.train import LOSS_NAMES, Trainer, TrainingError
+
+
+def _trainer(data, **cfg):
+    base = dict(max_steps=6, val_every=3, crop_size=32, seed=0, device="cpu", val_crops=4)
+    base.update(cfg)
+    return Trainer(data, "SYX", preset="tiny", orientation="x", train_config=TrainConfig(**base))
+
+
+def test_events_carry_progress_and_every_loss(stripes_small):
+    events = list(_trainer(stripes_small[0]).fit())
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds.count("validation") == 2
+    val = next(e for e in events if e.kind == "validation")
+    assert set(val.train) == set(LOSS_NAMES) and set(val.val) == set(LOSS_NAMES)
+    assert all(math.isfinite(v) for v in val.val.values())
+    steps = [e for e in events if e.kind in ("step", "validation")]
+    assert [e.step for e in steps] == list(range(1, 7))
+    assert steps[-1].eta == pytest.approx(0.0, abs=1e-6) and steps[0].eta > 0
+    assert steps[-1].epoch > 0 and steps[-1].lr == pytest.approx(2e-3)
+
+
+def test_stop_request_ends_at_the_next_step_and_leaves_a_usable_model(stripes_small):
+    trainer = _trainer(stripes_small[0], max_steps=1000)
+    seen = []
+    for ev in trainer.fit():
+        seen.append(ev)
+        if ev.step == 2:
+            trainer.stop()
+    assert seen[-1].kind == "done" and "stopped" in seen[-1].message
+    assert max(e.step for e in seen) == 2
+    out = denoise(trainer.model, stripes_small[0][:1], "SYX", device="cpu")
+    assert np.isfinite(out.direct).all()
+
+
+def test_closing_the_generator_restores_best_weights(stripes_small):
+    trainer = _trainer(stripes_small[0], max_steps=1000, val_every=2)
+    gen = trainer.fit()
+    for ev in gen:
+        if ev.kind == "validation":
+            best = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        if ev.step == 3:
+            break
+    gen.close()  # what napari's worker.quit() does
+    now = trainer.model.state_dict()
+    assert all(torch.equal(now[k], best[k]) for k in best), "weights of the best validation restored"
+    assert trainer.history[-1]["steps"] == 3
+
+
+def test_best_validation_weights_are_kept(stripes_small, monkeypatch):
+    trainer = _trainer(stripes_small[0], max_steps=9, val_every=3)
+    scores = iter([1.0, 0.5, 2.0, 3.0])  # the second validation is the best one
+    snapshots = []
+    real = trainer.validate
+
+    def fake_validate():
+        out = real()
+        out["elbo"] = next(scores)
+        snapshots.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(trainer, "validate", fake_validate)
+    list(trainer.fit())
+    final = trainer.model.state_dict()
+    assert all(torch.equal(final[k], snapshots[1][k]) for k in final)
+    assert trainer.history[-1]["best_val_elbo"] == 0.5
+
+
+def test_non_finite_losses_are_skipped_then_end_training_with_advice(stripes_small, monkeypatch):
+    trainer = _trainer(stripes_small[0], max_steps=50, max_nonfinite=3)
+    real = trainer.model.losses
+    calls = {"n": 0}
+
+    def poisoned(x):
+        calls["n"] += 1
+        out = real(x)
+        if calls["n"] in (2,) or calls["n"] >= 5:
+            out["elbo"] = out["elbo"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.model, "losses", poisoned)
+    warnings = []
+    with pytest.raises(TrainingError, match="fewer mixture components.*clipping outliers.*learning rate"):
+        for ev in trainer.fit():
+            if ev.kind == "warning":
+                warnings.append(ev)
+    assert len(warnings) >= 2 and warnings[0].skipped_steps == 1
+    for p in trainer.model.parameters():
+        assert torch.isfinite(p).all(), "a skipped step must not touch the weights"
+
+
+def test_time_budget_ends_training(stripes_small):
+    trainer = _trainer(stripes_small[0], max_steps=None, max_minutes=0.02)
+    events = list(trainer.fit())
+    assert events[-1].kind == "done" and events[-1].elapsed < 10
+
+
+def test_resume_continues_from_the_model(stripes_small, tiny_model):
+    steps_before = sum(h["steps"] for h in tiny_model.history)
+    trainer = Trainer(stripes_small[0], "SYX", model=tiny_model,
+                      train_config=TrainConfig(max_steps=3, val_every=3, crop_size=32, device="cpu"))
+    list(trainer.fit())
+    assert trainer.steps_done == steps_before + 3
+    assert len(trainer.model.history) == len(tiny_model.history)
+
+
+def test_resume_refuses_other_channel_counts(tiny_model):
+    rgbish = np.random.default_rng(0).normal(size=(2, 64, 64)).astype(np.float32)
+    with pytest.raises(ValueError, match="channel"):
+        Trainer(rgbish, "CYX", model=tiny_model, train_config=TrainConfig(max_steps=1))
+
+
+def test_seed_makes_cpu_training_reproducible(stripes_small):
+    a = _trainer(stripes_small[0])
+    b = _trainer(stripes_small[0])
+    list(a.fit())
+    list(b.fit())
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def _row_autocorr(residual, lags=(1, 2, 3)):
+    r = residual - residual.mean(axis=(-2, -1), keepdims=True)
+    var = (r * r).mean()
+    return np.array([(r[..., :, k:] * r[..., :, :-k]).mean() / var for k in lags])
+
+
+def test_outcome_tiny_model_denoises_stripes():
+    """Training the tiny preset for a short CPU budget must clearly denoise row-correlated noise.
+
+    Measured while writing this test: tiny preset, 400 steps: PSNR +5.5 dB over the noisy input
+    (16.4 -> 21.9 dB) and the residual's row autocorrelation at lags 1-3 fell from about 0.5 to 0.1.
+    The margin asserted, +3 dB, leaves room for platform differences while failing for any model that
+    does not denoise (the identity scores +0 dB; a plain 3x3 mean filter scores about +2 dB here).
+    """
+    torch.manual_seed(0)
+    noisy, clean = make_dataset("stripes", n_images=8, shape=(128, 128), seed=11)
+    trainer = Trainer(noisy, "SYX", preset="tiny", orientation="x",
+                      train_config=TrainConfig(max_steps=400, val_every=100, crop_size=64, seed=0, device="cpu"))
+    list(trainer.fit())
+    test_noisy, test_clean = make_dataset("stripes", n_images=2, shape=(128, 128), seed=99)
+    out = denoise(trainer.model, test_noisy, "SYX", method="direct", device="cpu").direct
+    gain = np.mean([psnr(c, o) - psnr(c, n) for c, o, n in zip(test_clean, out, test_noisy)])
+    assert gain > 3.0, f"direct output only {gain:+.2f} dB over the noisy input"
+    before = _row_autocorr(test_noisy - test_clean)
+    after = _row_autocorr(out - test_clean)
+    assert np.all(after <= before / 2), f"row correlation not halved: {before} -> {after}"
