@@ -42,6 +42,15 @@ def available_devices() -> list[tuple[str, str]]:
     return found
 
 
+def prepare_cpu() -> None:
+    """Flush denormal floats to zero on the CPU.
+
+    As training goes on, many activations and gradients become denormal; x86 CPUs handle those in
+    microcode, which made training steps up to 3x slower here. Flushing them changes no result that
+    matters (values below 1e-38)."""
+    torch.set_flush_denormal(True)
+
+
 def free_memory(device: torch.device) -> None:
     """Give cached GPU memory back after training or prediction."""
     if device.type == "cuda":

@@ -30,23 +30,25 @@ class TopDownLevel(nn.Module):
 
     def __init__(self, dims: int, features: int, latents: int) -> None:
         super().__init__()
-        self.prior = conv(dims, features, 2 * latents, kernel=1)
-        # merge(bottom-up, top-down) as two 1x1 convolutions summed (no concatenated copy).
+        # One 1x1 convolution of the top-down value gives the prior's parameters and its share of
+        # merge(bottom-up, top-down); the bottom-up share is added (no concatenated copy).
+        self.from_td = conv(dims, features, 2 * latents + features, kernel=1)
         self.merge_bu = conv(dims, features, features, kernel=1)
-        self.merge_td = conv(dims, features, features, kernel=1)
+        self.latents = latents
         self.posterior = nn.Sequential(nn.Mish(), conv(dims, features, 2 * latents, kernel=1))
         # Stochastic skip: the sample is projected and added to the top-down value.
         self.skip = conv(dims, latents, features, kernel=1)
         self.block = GatedResidualBlock(dims, features)
 
     def forward(self, td: torch.Tensor, bu: torch.Tensor | None, sample: bool = True):
-        mu_p, raw_p = self.prior(td).chunk(2, dim=1)
+        prior, merge_td = self.from_td(td).split([2 * self.latents, td.shape[1]], dim=1)
+        mu_p, raw_p = prior.chunk(2, dim=1)
         std_p = _std(raw_p)
         if bu is None:  # generating from the prior
             mu_q, std_q = mu_p, std_p
             kl = None
         else:
-            mu_q, raw_q = self.posterior(self.merge_bu(bu) + self.merge_td(td)).chunk(2, dim=1)
+            mu_q, raw_q = self.posterior(self.merge_bu(bu) + merge_td).chunk(2, dim=1)
             std_q = _std(raw_q)
             kl = gaussian_kl(mu_q, std_q, mu_p, std_p)
         z = mu_q + std_q * torch.randn_like(std_q) if sample else mu_q
@@ -68,7 +70,7 @@ class LadderVAE(nn.Module):
         self.checkpointing = False
         self.stem = conv(d, config.in_channels, f, kernel=3)
         self.down = nn.ModuleList(Downsample(d, f) if flag else nn.Identity() for flag in config.downsampling)
-        self.bottom_up = nn.ModuleList(GatedResidualBlock(d, f) for _ in range(config.levels))
+        self.bottom_up_blocks = nn.ModuleList(GatedResidualBlock(d, f) for _ in range(config.levels))
         # Top level: posterior from the bottom-up value alone, stationary learnable prior.
         self.top_posterior = conv(d, f, 2 * z, kernel=1)
         self.top_prior_mean = nn.Parameter(torch.zeros(z))
@@ -90,14 +92,17 @@ class LadderVAE(nn.Module):
         std = _std(self.top_prior_raw_std).view(view).expand_as(like)
         return mean, std
 
-    def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, C, *spatial), normalised. Returns (code (B, F, *spatial), KL per image in nats)."""
+    def bottom_up(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The deterministic pass: one stored value per level (shared by all posterior samples)."""
         h = self.stem(x)
         skips = []
-        for down, block in zip(self.down, self.bottom_up):
+        for down, block in zip(self.down, self.bottom_up_blocks):
             h = self._run(block, down(h))
             skips.append(h)
+        return skips
 
+    def top_down(self, skips: list[torch.Tensor], sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample z level by level given the bottom-up values; returns (code, KL per image in nats)."""
         mu_q, raw_q = self.top_posterior(skips[-1]).chunk(2, dim=1)
         std_q = _std(raw_q)
         mu_p, std_p = self._top_prior(mu_q)
@@ -110,6 +115,10 @@ class LadderVAE(nn.Module):
             kl = kl + kl_i.flatten(1).sum(1)
         td = self.up[0](td)
         return self.out(td), kl
+
+    def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, C, *spatial), normalised. Returns (code (B, F, *spatial), KL per image in nats)."""
+        return self.top_down(self.bottom_up(x), sample)
 
     @torch.no_grad()
     def sample_prior(self, n: int, spatial_shape: tuple[int, ...], device=None) -> torch.Tensor:

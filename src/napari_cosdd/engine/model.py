@@ -82,9 +82,16 @@ class COSDD(nn.Module):
 
     # ------------------------------------------------------------ inference (normalised units)
 
-    def posterior_sample(self, x: torch.Tensor) -> torch.Tensor:
-        """One sample of the clean image: encode (sampling z) and decode the signal."""
-        code, _ = self.vae(x)
+    def posterior_sample(self, x: torch.Tensor, n: int = 1) -> torch.Tensor:
+        """n samples of the clean image for each image in x, (n * B, C, *spatial), sample-major.
+
+        The bottom-up pass is deterministic, so it runs once and only the top-down pass and the
+        signal decoder run per sample.
+        """
+        skips = self.vae.bottom_up(x)
+        if n > 1:
+            skips = [s.repeat((n,) + (1,) * (s.dim() - 1)) for s in skips]
+        code, _ = self.vae.top_down(skips)
         return self.signal_decoder(code)
 
     def direct(self, x: torch.Tensor) -> torch.Tensor:

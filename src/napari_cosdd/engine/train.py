@@ -15,7 +15,7 @@ import torch
 
 from . import data as D
 from .config import ModelConfig, TrainConfig, model_config_from_preset
-from .device import free_memory, resolve_device
+from .device import free_memory, prepare_cpu, resolve_device
 from .model import COSDD
 
 LOSS_NAMES = ("elbo", "kl", "nll", "signal", "direct")
@@ -189,6 +189,7 @@ class Trainer:
         _seed_everything(cfg.seed)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        prepare_cpu()
         model = self.model.to(self.device)
         model.vae.checkpointing = cfg.checkpointing
         model.train()
