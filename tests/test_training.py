@@ -131,29 +131,33 @@ def test_seed_makes_cpu_training_reproducible(stripes_small):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def _row_autocorr(residual, lags=(1, 2, 3)):
+def _excess_row_autocorr(residual, lags=(1, 2, 3)):
+    """Row minus column autocorrelation of a residual: ~0 for isotropic (blur) errors, high for stripes."""
     r = residual - residual.mean(axis=(-2, -1), keepdims=True)
     var = (r * r).mean()
-    return np.array([(r[..., :, k:] * r[..., :, :-k]).mean() / var for k in lags])
+    rows = np.array([(r[..., :, k:] * r[..., :, :-k]).mean() / var for k in lags])
+    cols = np.array([(r[..., k:, :] * r[..., :-k, :]).mean() / var for k in lags])
+    return rows - cols
 
 
-def test_outcome_tiny_model_denoises_stripes():
-    """Training the tiny preset for a short CPU budget must clearly denoise row-correlated noise.
+def test_outcome_cpu_model_denoises_stripes():
+    """Training the CPU preset for a short budget (300 steps) must clearly denoise row-correlated noise.
 
-    Measured while writing this test: tiny preset, 400 steps: PSNR +5.5 dB over the noisy input
-    (16.4 -> 21.9 dB) and the residual's row autocorrelation at lags 1-3 fell from about 0.5 to 0.1.
-    The margin asserted, +3 dB, leaves room for platform differences while failing for any model that
-    does not denoise (the identity scores +0 dB; a plain 3x3 mean filter scores about +2 dB here).
+    Measured while writing this test (2-core CPU, 100 s): PSNR +4.1 dB over the noisy input. The margin
+    asserted, +3 dB, fails for any model that does not denoise (the identity scores +0 dB, a model whose
+    latents collapsed scores about +0 to +1.5 dB). The "tiny" preset is too small to escape posterior
+    collapse in this budget, so the outcome is checked on the real CPU default instead.
     """
     torch.manual_seed(0)
     noisy, clean = make_dataset("stripes", n_images=8, shape=(128, 128), seed=11)
-    trainer = Trainer(noisy, "SYX", preset="tiny", orientation="x",
-                      train_config=TrainConfig(max_steps=400, val_every=100, crop_size=64, seed=0, device="cpu"))
+    trainer = Trainer(noisy, "SYX", preset="cpu", orientation="x",
+                      train_config=TrainConfig(max_steps=300, val_every=100, crop_size=64, seed=0, device="cpu"))
     list(trainer.fit())
     test_noisy, test_clean = make_dataset("stripes", n_images=2, shape=(128, 128), seed=99)
     out = denoise(trainer.model, test_noisy, "SYX", method="direct", device="cpu").direct
     gain = np.mean([psnr(c, o) - psnr(c, n) for c, o, n in zip(test_clean, out, test_noisy)])
+    before = _excess_row_autocorr(test_noisy - test_clean)
+    after = _excess_row_autocorr(out - test_clean)
+    print(f"gain {gain:+.2f} dB; excess row autocorrelation {before} -> {after}")
     assert gain > 3.0, f"direct output only {gain:+.2f} dB over the noisy input"
-    before = _row_autocorr(test_noisy - test_clean)
-    after = _row_autocorr(out - test_clean)
     assert np.all(after <= before / 2), f"row correlation not halved: {before} -> {after}"

@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from . import data as D
-from .config import ModelConfig, TrainConfig, model_config_from_preset
+from .config import (DEFAULT_PRESET_CPU, DEFAULT_PRESET_GPU, ModelConfig, TrainConfig,
+                     model_config_from_preset)
 from .device import free_memory, prepare_cpu, resolve_device
 from .model import COSDD
 
@@ -80,8 +81,9 @@ class Trainer:
         Letters over S, T, C, Z, Y, X, one per array axis.
     model : COSDD, optional
         Continue training this model (its normalisation and architecture are kept).
-    preset : str
-        Network size when starting afresh ("tiny", "small", "default", "large").
+    preset : str, optional
+        Network size when starting afresh ("tiny", "cpu", "small", "default", "large"); by default
+        "cpu" on a CPU and "large" on a GPU.
     orientation : str
         Noise axis when starting afresh: "x", "y", "z" or "none".
     train_config : TrainConfig
@@ -90,11 +92,14 @@ class Trainer:
         ModelConfig fields that override the preset.
     """
 
-    def __init__(self, images, axes: str, model: COSDD | None = None, preset: str = "small",
+    def __init__(self, images, axes: str, model: COSDD | None = None, preset: str | None = None,
                  orientation: str = "x", train_config: TrainConfig | None = None,
                  spatial_dims: int | None = None, **model_overrides) -> None:
         self.cfg = train_config or TrainConfig()
         self.messages: list[str] = []
+        self.device = resolve_device(self.cfg.device)
+        if preset is None:
+            preset = DEFAULT_PRESET_GPU if self.device.type == "cuda" else DEFAULT_PRESET_CPU
         _seed_everything(self.cfg.seed)  # before the networks are initialised
         dims = _crop_spatial_dims(model.config if model else None, spatial_dims, orientation)
         engine_images = D.as_engine_images(images, axes, dims)
@@ -138,7 +143,6 @@ class Trainer:
         self.val_crops = D.fixed_crops(val_images, crop, self.cfg.val_crops, self.cfg.seed)
         train_pixels = sum(i[0].size for i in self.train_images)
         self.steps_per_epoch = max(1, math.ceil(train_pixels / (math.prod(crop) * self.cfg.batch_size)))
-        self.device = resolve_device(self.cfg.device)
         self._stop = threading.Event()
         self.steps_done = sum(h.get("steps", 0) for h in self.history)
 
