@@ -23,7 +23,7 @@ from napari_cosdd.engine.train import Trainer
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=1.0, help="training budget (default 1)")
-    p.add_argument("--preset", default="tiny", help="network size: tiny, small, default, large")
+    p.add_argument("--preset", default=None, help="network size: tiny, cpu, small, default, large (default: cpu on a CPU, large on a GPU)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default="quickstart_out", help="folder for the TIFFs and the model")
     args = p.parse_args()

@@ -183,7 +183,7 @@ class TrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds per run on a CPU: for tests and demos.
     "tiny": dict(levels=3, features=16, latent_channels=8, ar_filters=16, ar_dilations=(1, 2),
-                 mixture_components=3),
+                 mixture_components=3, downsampling=(0, 1, 1)),
     # The CPU default: the small model's 6 levels at half the width. On a 2-core CPU it takes twice
     # the steps of "small" in the same time and denoises better after minutes (benchmarks.md).
     "cpu": dict(levels=6, features=32, latent_channels=16, ar_filters=32, mixture_components=3),
