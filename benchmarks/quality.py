@@ -18,29 +18,8 @@ import torch
 from napari_cosdd.engine import config as C
 from napari_cosdd.engine.inference import denoise
 from napari_cosdd.engine.model_file import load_model, save_model
-from napari_cosdd.engine.synthetic import make_dataset, psnr
+from napari_cosdd.engine.synthetic import excess_row_autocorrelation, make_dataset, psnr
 from napari_cosdd.engine.train import Trainer
-
-
-def autocorr(residual: np.ndarray, axis: int, lags=(1, 2, 3)) -> np.ndarray:
-    """Mean normalised autocorrelation of residuals (estimate - ground truth) along an image axis."""
-    r = residual - residual.mean(axis=(-2, -1), keepdims=True)
-    var = (r * r).mean()
-    out = []
-    for lag in lags:
-        a = np.take(r, np.arange(lag, r.shape[axis]), axis=axis)
-        b = np.take(r, np.arange(0, r.shape[axis] - lag), axis=axis)
-        out.append(float((a * b).mean() / var))
-    return np.array(out)
-
-
-def excess_row_correlation(residual: np.ndarray) -> np.ndarray:
-    """Row minus column autocorrelation at lags 1-3: the row-correlated part of what is left.
-
-    A smooth (blurred) error is correlated along both axes alike and scores ~0; stripes left in the
-    output score like the noise itself.
-    """
-    return autocorr(residual, -1) - autocorr(residual, -2)
 
 
 def main() -> None:
@@ -98,7 +77,7 @@ def main() -> None:
     for name, est in rows:
         score = float(np.mean([psnr(g, e) for g, e in zip(gt, est)]))
         base = score if base is None else base
-        ac = excess_row_correlation(est - gt)
+        ac = excess_row_autocorrelation(est - gt)
         print(f"{name:14s} PSNR {score:6.2f} dB  ({score - base:+5.2f})  excess row autocorr of the error "
               "(row - column), lags 1-3: " + " ".join(f"{a:+.3f}" for a in ac))
 

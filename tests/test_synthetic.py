@@ -239,3 +239,15 @@ def test_default_stripes_dataset_psnr():
     noisy, clean = make_dataset()  # stripes: peak 30, white 0.05, row 0.10, blur 3; 16 x 256x256 mixed
     mean_psnr = np.mean([psnr(c, n) for c, n in zip(clean, noisy)])
     assert 14.0 < mean_psnr < 24.0  # measured 16.35 dB
+
+
+def test_excess_row_autocorrelation_tells_stripes_from_blur():
+    from napari_cosdd.engine.synthetic import excess_row_autocorrelation
+
+    clean = np.zeros((256, 256), dtype=np.float32) + 0.5
+    stripes = add_stripes_noise(clean, seed=0) - clean
+    assert np.all(excess_row_autocorrelation(stripes) > 0.2)
+    rng = np.random.default_rng(0)
+    blur = np.fft.irfft2(np.fft.rfft2(rng.normal(size=(256, 256))) * np.exp(
+        -0.5 * (np.fft.fftfreq(256)[:, None] ** 2 + np.fft.rfftfreq(256)[None] ** 2) * 40 ** 2))
+    assert np.all(np.abs(excess_row_autocorrelation(blur)) < 0.05), "isotropic errors score ~0"

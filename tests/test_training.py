@@ -8,7 +8,7 @@ import torch
 
 from napari_cosdd.engine.config import TrainConfig
 from napari_cosdd.engine.inference import denoise
-from napari_cosdd.engine.synthetic import make_dataset, psnr
+from napari_cosdd.engine.synthetic import excess_row_autocorrelation, make_dataset, psnr
 from napari_cosdd.engine.train import LOSS_NAMES, Trainer, TrainingError
 
 
@@ -131,15 +131,6 @@ def test_seed_makes_cpu_training_reproducible(stripes_small):
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def _excess_row_autocorr(residual, lags=(1, 2, 3)):
-    """Row minus column autocorrelation of a residual: ~0 for isotropic (blur) errors, high for stripes."""
-    r = residual - residual.mean(axis=(-2, -1), keepdims=True)
-    var = (r * r).mean()
-    rows = np.array([(r[..., :, k:] * r[..., :, :-k]).mean() / var for k in lags])
-    cols = np.array([(r[..., k:, :] * r[..., :-k, :]).mean() / var for k in lags])
-    return rows - cols
-
-
 def test_outcome_cpu_model_denoises_stripes():
     """Training the CPU preset for a short budget (300 steps) must clearly denoise row-correlated noise.
 
@@ -156,8 +147,8 @@ def test_outcome_cpu_model_denoises_stripes():
     test_noisy, test_clean = make_dataset("stripes", n_images=2, shape=(128, 128), seed=99)
     out = denoise(trainer.model, test_noisy, "SYX", method="direct", device="cpu").direct
     gain = np.mean([psnr(c, o) - psnr(c, n) for c, o, n in zip(test_clean, out, test_noisy)])
-    before = _excess_row_autocorr(test_noisy - test_clean)
-    after = _excess_row_autocorr(out - test_clean)
+    before = excess_row_autocorrelation(test_noisy - test_clean)
+    after = excess_row_autocorrelation(out - test_clean)
     print(f"gain {gain:+.2f} dB; excess row autocorrelation {before} -> {after}")
     assert gain > 3.0, f"direct output only {gain:+.2f} dB over the noisy input"
     assert np.all(after <= before / 2), f"row correlation not halved: {before} -> {after}"

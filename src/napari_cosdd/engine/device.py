@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 
@@ -40,6 +42,13 @@ def available_devices() -> list[tuple[str, str]]:
         found.append(("mps", "Apple GPU (MPS)"))
     found.append(("cpu", f"CPU ({torch.get_num_threads()} threads)"))
     return found
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked; fp32 everywhere else."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def prepare_cpu() -> None:

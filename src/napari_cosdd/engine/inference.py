@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -12,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
-from .device import free_memory, memory_budget, prepare_cpu, resolve_device
+from .device import autocast, free_memory, memory_budget, prepare_cpu, resolve_device
 from .model import COSDD
 
 METHODS = ("direct", "sample")
@@ -152,16 +151,13 @@ class _Runner:
     def __init__(self, model: COSDD, device: torch.device, bf16: bool) -> None:
         self.model = model
         self.device = device
-        self.bf16 = bf16 and device.type == "cuda"
-
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        self.bf16 = bf16
 
     @torch.no_grad()
     def __call__(self, fn, tile: np.ndarray, **kwargs) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(tile)).to(self.device)[None]
         x, spatial = _pad_to_multiple(x, self.model.config.size_multiple)
-        with self._autocast():
+        with autocast(self.device, self.bf16):
             y = fn(x, **kwargs)
         return _crop_to(y.float(), spatial).cpu().numpy()
 

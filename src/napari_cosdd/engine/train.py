@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import math
 import threading
 import time
@@ -16,7 +14,7 @@ import torch
 from . import data as D
 from .config import (DEFAULT_PRESET_CPU, DEFAULT_PRESET_GPU, ModelConfig, TrainConfig,
                      model_config_from_preset)
-from .device import free_memory, prepare_cpu, resolve_device
+from .device import autocast, free_memory, prepare_cpu, resolve_device
 from .model import COSDD
 
 LOSS_NAMES = ("elbo", "kl", "nll", "signal", "direct")
@@ -50,6 +48,11 @@ class TrainingEvent:
             return None
         total = self.elapsed + self.eta
         return 1.0 if total <= 0 else min(self.elapsed / total, 1.0)
+
+
+def _snapshot(model: COSDD) -> dict[str, torch.Tensor]:
+    """A CPU copy of the weights, to restore the best ones at the end."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def _seed_everything(seed: int | None) -> None:
@@ -158,11 +161,6 @@ class Trainer:
 
     # ------------------------------------------------------------------ internals
 
-    def _autocast(self):
-        if self.device.type == "cuda" and self.cfg.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(batch).to(self.device, non_blocking=True)
 
@@ -178,7 +176,7 @@ class Trainer:
             torch.manual_seed(12345)
             for start in range(0, len(self.val_crops), self.cfg.batch_size):
                 batch = self._to_device(self.val_crops[start:start + self.cfg.batch_size])
-                with self._autocast():
+                with autocast(self.device, self.cfg.bf16):
                     losses = self.model.losses(batch)
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
@@ -205,7 +203,7 @@ class Trainer:
             for k, o in optimisers.items()
         }
         best_val = math.inf
-        best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        best_state = _snapshot(model)
         since_best = 0
         consecutive_bad = 0
         skipped = 0
@@ -246,7 +244,7 @@ class Trainer:
                     finished_reason = "stopped on request"
                     break
                 batch = self._to_device(self.sampler.batch(cfg.batch_size))
-                with self._autocast():
+                with autocast(self.device, self.cfg.bf16):
                     losses = model.losses(batch)
                 total = sum(losses[k] for k in ("elbo", "signal", "direct") if k in losses)
                 for o in optimisers.values():
@@ -283,7 +281,7 @@ class Trainer:
                         sched.step(last_val[k])
                     if last_val["elbo"] < best_val:
                         best_val = last_val["elbo"]
-                        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                        best_state = _snapshot(model)
                         since_best = 0
                     else:
                         since_best += 1
@@ -298,7 +296,7 @@ class Trainer:
                 last_val = self.validate()
                 if last_val["elbo"] < best_val:
                     best_val = last_val["elbo"]
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    best_state = _snapshot(model)
         finally:
             model.load_state_dict(best_state)
             model.eval()
