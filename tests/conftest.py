@@ -34,6 +34,19 @@ def tiny_model(stripes_small):
     return trainer.model
 
 
+@pytest.fixture(scope="session")
+def stripes_cpu_model():
+    """The CPU default preset trained 300 steps (about 100 s) on stripes: a model that really denoises,
+    for the outcome tests."""
+    torch.manual_seed(0)
+    noisy, _ = make_dataset("stripes", n_images=8, shape=(128, 128), seed=11)
+    trainer = Trainer(noisy, "SYX", preset="cpu", orientation="x",
+                      train_config=TrainConfig(max_steps=300, val_every=100, crop_size=64, seed=0, device="cpu"))
+    for _ in trainer.fit():
+        pass
+    return trainer.model
+
+
 def make_stripes(n=4, size=64, seed=0):
     noisy, clean = make_dataset("stripes", n_images=n, shape=(size, size), seed=seed)
     return noisy.astype(np.float32), clean

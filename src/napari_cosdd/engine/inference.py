@@ -294,11 +294,12 @@ def denoise(model: COSDD, image: np.ndarray, axes: str, **kwargs) -> DenoiseResu
 
 @torch.no_grad()
 def generate_noisy(model: COSDD, image: np.ndarray, axes: str, device: str = "auto",
-                   max_side: int = 512, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                   max_side: int = 512, seed: int | None = None, return_signal: bool = False):
     """Sample a new noisy image from the AR decoder given the latents of a (central crop of an) image.
 
     Returns (crop of the real image, generated image), both (C, *spatial) in image units, so the
-    caller can compare their noise. Cost is linear in the line length (sliding window).
+    caller can compare their noise; with return_signal also the signal the generated image was drawn
+    around. Cost is linear in the line length (sliding window).
     """
     img = _model_input(model, image, axes)[1][0]
     m = model.config.size_multiple
@@ -317,9 +318,10 @@ def generate_noisy(model: COSDD, image: np.ndarray, axes: str, device: str = "au
     try:
         x = model.normalise(torch.from_numpy(np.ascontiguousarray(real))[None].to(dev))
         x, spatial = _pad_to_multiple(x, m)
-        noisy = _crop_to(model.generate_noisy(x), spatial)
-        out = model.denormalise(noisy)[0].cpu().numpy()
+        noisy, signal = model.generate_noisy(x, return_signal=True)
+        out = model.denormalise(_crop_to(noisy, spatial))[0].cpu().numpy()
+        signal = model.denormalise(_crop_to(signal, spatial))[0].cpu().numpy()
     finally:
         model.to("cpu")
         free_memory(dev)
-    return real, out
+    return (real, out, signal) if return_signal else (real, out)

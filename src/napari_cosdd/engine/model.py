@@ -99,7 +99,12 @@ class COSDD(nn.Module):
             raise ValueError("this model was trained without a Direct Denoiser; use the 'sample' method")
         return self.direct_denoiser(x)
 
-    def generate_noisy(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode x, then draw a new noisy image from the AR decoder (checks the learned noise)."""
+    def generate_noisy(self, x: torch.Tensor, return_signal: bool = False):
+        """Encode x, then draw a new noisy image from the AR decoder (checks the learned noise).
+
+        With return_signal, also the signal decoder's output for the same latents: the generated
+        image minus it is the noise the model drew.
+        """
         code, _ = self.vae(x)
-        return self.ar_decoder.sample(code)
+        noisy = self.ar_decoder.sample(code)
+        return (noisy, self.signal_decoder(code)) if return_signal else noisy

@@ -1,0 +1,159 @@
+"""Reading images (TIFF, .npy) with their axes, and writing results as float32 TIFF in the same axes.
+
+Axes come from ImageJ, OME or tifffile's own shaped metadata when a file has them; otherwise the
+caller gives them (the command line's --axes) or they are guessed and said to be a guess.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .data import AXES_LETTERS, InputError, guess_axes, normalise_axes
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".npy")
+# ImageJ hyperstacks hold at most these axes, in this order.
+IMAGEJ_ORDER = "TZCYX"
+
+
+@dataclass
+class ImageFile:
+    """An image read from disk: the array, its axes, where they came from, and what to write back."""
+
+    path: Path
+    data: np.ndarray
+    axes: str | None
+    axes_source: str  # "metadata", "given", "guessed" or "none"
+    imagej: dict = field(default_factory=dict)   # spacing, unit, finterval ... to carry over
+    resolution: tuple[float, float] | None = None
+
+
+def expand_paths(patterns: list[str]) -> list[Path]:
+    """Expand glob patterns (also on shells that do not); each pattern must match something."""
+    paths: list[Path] = []
+    for pattern in patterns:
+        if any(ch in pattern for ch in "*?["):
+            matches = sorted(glob.glob(os.path.expanduser(pattern)))
+            if not matches:
+                raise InputError(f"no file matches {pattern!r}")
+            paths.extend(Path(m) for m in matches)
+        else:
+            path = Path(os.path.expanduser(pattern))
+            if not path.exists():
+                raise InputError(f"{pattern}: no such file")
+            if path.is_dir():
+                raise InputError(f"{pattern} is a folder; give image files (or a pattern such as {pattern}/*.tif)")
+            paths.append(path)
+    return paths
+
+
+def _axes_from_tifffile(axes: str, shape: tuple[int, ...], name: str) -> str | None:
+    """tifffile's axes letters -> ours (STCZYX); None when they cannot be trusted."""
+    if axes.endswith("S") and shape[-1] in (3, 4):
+        raise InputError(f"{name} is an RGB(A) colour image; COSDD needs raw intensities. Save each channel "
+                         "as a grayscale (or multichannel, C) image")
+    out = []
+    for letter in axes:
+        if letter in "TZCYX":
+            out.append(letter)
+        elif letter == "S":  # samples per pixel that are not colour: treat as channels
+            out.append("C")
+        else:  # I, Q, ... : a sequence of images
+            out.append("S")
+    result = "".join(out)
+    if len(set(result)) != len(result) or not {"Y", "X"} <= set(result):
+        return None
+    return result
+
+
+def read_image(path: str | os.PathLike, axes: str | None = None) -> ImageFile:
+    """Read a TIFF or .npy image; `axes` (if given) overrides what the file says."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_SUFFIXES:
+        raise InputError(f"{path.name}: unsupported file type {suffix or '(none)'}; use TIFF (.tif) or NumPy (.npy)")
+    imagej: dict = {}
+    resolution = None
+    file_axes = None
+    try:
+        if suffix == ".npy":
+            data = np.load(path, allow_pickle=False)
+        else:
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                data = series.asarray()
+                if tif.is_imagej or tif.is_ome or tif.is_shaped:
+                    file_axes = _axes_from_tifffile(series.axes, series.shape, path.name)
+                elif series.axes.endswith("S") and series.shape[-1] in (3, 4):
+                    _axes_from_tifffile(series.axes, series.shape, path.name)  # raises for RGB
+                if tif.is_imagej:
+                    meta = tif.imagej_metadata or {}
+                    imagej = {k: meta[k] for k in ("spacing", "unit", "finterval") if k in meta}
+                page = tif.pages[0]
+                if "XResolution" in page.tags and "YResolution" in page.tags:
+                    xr, yr = page.tags["XResolution"].value, page.tags["YResolution"].value
+                    if xr[0] and yr[0]:
+                        resolution = (xr[0] / xr[1], yr[0] / yr[1])
+    except InputError:
+        raise
+    except Exception as err:  # tifffile and numpy raise many types for unreadable files
+        raise InputError(f"{path.name} could not be read as an image ({type(err).__name__}: {err})") from None
+    if data.dtype == object:
+        raise InputError(f"{path.name} holds Python objects, not an image")
+    if axes:
+        axes = normalise_axes(axes)
+        if len(axes) != data.ndim:
+            raise InputError(f"--axes {axes!r} names {len(axes)} axes but {path.name} has {data.ndim} "
+                             f"(shape {data.shape})" + (f"; the file says {file_axes!r}" if file_axes else ""))
+        bad = sorted(set(axes) - set(AXES_LETTERS))
+        if bad:
+            raise InputError(f"--axes {axes!r} contain {bad}; use only the letters {AXES_LETTERS}")
+        return ImageFile(path, data, axes, "given", imagej, resolution)
+    if file_axes is not None:
+        return ImageFile(path, data, file_axes, "metadata", imagej, resolution)
+    return ImageFile(path, data, None, "none", imagej, resolution)
+
+
+def default_axes(ndim: int, spatial_dims: int = 2) -> str:
+    """Axes to assume when neither the file nor the user says: frames before Y, X for 2-D models."""
+    if spatial_dims == 3:
+        return guess_axes(ndim)
+    return {2: "YX", 3: "SYX", 4: "SCYX"}.get(ndim, guess_axes(ndim))
+
+
+def _imagej_compatible(axes: str) -> bool:
+    positions = [IMAGEJ_ORDER.find(a) for a in axes]
+    return all(p >= 0 for p in positions) and positions == sorted(positions)
+
+
+def write_tiff(path: str | os.PathLike, data: np.ndarray, axes: str, like: ImageFile | None = None) -> Path:
+    """Write float32 `data` with `axes`; ImageJ format (with the source's calibration) when the axes
+    allow it, otherwise tifffile's shaped metadata. The file is written beside and then renamed, so
+    an interrupted write never leaves half a file under the final name."""
+    import tifffile
+
+    path = Path(path)
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    kwargs: dict = {}
+    if _imagej_compatible(axes):
+        kwargs["imagej"] = True
+        kwargs["metadata"] = {"axes": axes, **(like.imagej if like else {})}
+    else:
+        kwargs["metadata"] = {"axes": axes.replace("S", "Q")}
+        kwargs["photometric"] = "minisblack"  # a leading axis of 3 or 4 is not colour
+    if like is not None and like.resolution is not None:
+        kwargs["resolution"] = like.resolution
+    tmp = path.with_name(path.name + ".part")
+    try:
+        tifffile.imwrite(tmp, data, **kwargs)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
