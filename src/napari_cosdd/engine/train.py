@@ -97,10 +97,11 @@ class Trainer:
 
     def __init__(self, images, axes: str, model: COSDD | None = None, preset: str | None = None,
                  orientation: str = "x", train_config: TrainConfig | None = None,
-                 spatial_dims: int | None = None, **model_overrides) -> None:
+                 spatial_dims: int | None = None, dist_context=None, **model_overrides) -> None:
         self.cfg = train_config or TrainConfig()
         self.messages: list[str] = []
-        self.device = resolve_device(self.cfg.device)
+        self.dist = dist_context
+        self.device = dist_context.device if dist_context is not None else resolve_device(self.cfg.device)
         if preset is None:
             preset = DEFAULT_PRESET_GPU if self.device.type == "cuda" else DEFAULT_PRESET_CPU
         _seed_everything(self.cfg.seed)  # before the networks are initialised
@@ -142,10 +143,15 @@ class Trainer:
         std = self.model.data_std.numpy().reshape((-1,) + (1,) * dims)
         self.train_images = [(i - mean) / std for i in self.split.train]
         val_images = [(i - mean) / std for i in self.split.val]
-        self.sampler = D.CropSampler(self.train_images, crop, self.cfg.seed)
+        # Each process of a distributed run draws its own crops; the split above is the same everywhere.
+        sampler_seed = self.cfg.seed
+        if self.dist is not None and sampler_seed is not None:
+            sampler_seed += 1000 * self.dist.rank
+        self.sampler = D.CropSampler(self.train_images, crop, sampler_seed)
         self.val_crops = D.fixed_crops(val_images, crop, self.cfg.val_crops, self.cfg.seed)
         train_pixels = sum(i[0].size for i in self.train_images)
-        self.steps_per_epoch = max(1, math.ceil(train_pixels / (math.prod(crop) * self.cfg.batch_size)))
+        processes = self.dist.world_size if self.dist is not None else 1
+        self.steps_per_epoch = max(1, math.ceil(train_pixels / (math.prod(crop) * self.cfg.batch_size * processes)))
         self._stop = threading.Event()
         self.steps_done = sum(h.get("steps", 0) for h in self.history)
 
@@ -184,6 +190,14 @@ class Trainer:
         self.model.train()
         return {k: v / n for k, v in sums.items()}
 
+    def _agreed_validation(self) -> dict[str, float]:
+        """Validation losses, averaged over the processes of a distributed run so that the learning-rate
+        schedule, the best weights and early stopping are decided alike everywhere."""
+        if self.dist is None:
+            return self.validate()
+        self.dist.broadcast_buffers(self.model)  # validation and the saved weights use rank 0's statistics
+        return self.dist.mean(self.validate())
+
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> Iterator[TrainingEvent]:
@@ -197,6 +211,12 @@ class Trainer:
         model.train()
         groups = model.parameter_groups()
         optimisers = {k: torch.optim.Adamax(p, lr=cfg.learning_rate) for k, p in groups.items()}
+        if self.dist is not None:
+            from .distributed import wrap
+
+            compute_losses = wrap(model, self.dist)
+        else:
+            compute_losses = model.losses
         schedulers = {
             k: torch.optim.lr_scheduler.ReduceLROnPlateau(o, factor=cfg.lr_factor, patience=cfg.lr_patience,
                                                           min_lr=cfg.min_lr)
@@ -238,18 +258,24 @@ class Trainer:
             while True:
                 if cfg.max_steps is not None and step >= cfg.max_steps:
                     break
-                if deadline is not None and time.perf_counter() >= deadline:
+                out_of_time = deadline is not None and time.perf_counter() >= deadline
+                stop_asked = self._stop.is_set()
+                if self.dist is not None:  # one process out of time or stopped: all stop together
+                    out_of_time, stop_asked = self.dist.any(out_of_time, stop_asked)
+                if out_of_time:
                     break
-                if self._stop.is_set():
+                if stop_asked:
                     finished_reason = "stopped on request"
                     break
                 batch = self._to_device(self.sampler.batch(cfg.batch_size))
                 with autocast(self.device, self.cfg.bf16):
-                    losses = model.losses(batch)
+                    losses = compute_losses(batch)
                 total = sum(losses[k] for k in ("elbo", "signal", "direct") if k in losses)
                 for o in optimisers.values():
                     o.zero_grad(set_to_none=True)
                 ok = bool(torch.isfinite(total))
+                if self.dist is not None:  # backward runs on every process or on none
+                    ok = not self.dist.any(not ok)[0]
                 if ok:
                     total.backward()
                     for k, params in groups.items():
@@ -276,7 +302,7 @@ class Trainer:
                     v = float(v.detach())
                     running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
                 if step % cfg.val_every == 0:
-                    last_val = self.validate()
+                    last_val = self._agreed_validation()
                     for k, sched in schedulers.items():
                         sched.step(last_val[k])
                     if last_val["elbo"] < best_val:
@@ -293,7 +319,7 @@ class Trainer:
                     yield event("step")
             # A last validation, so the best weights also consider the final ones.
             if step % cfg.val_every != 0 and step > 0:
-                last_val = self.validate()
+                last_val = self._agreed_validation()
                 if last_val["elbo"] < best_val:
                     best_val = last_val["elbo"]
                     best_state = _snapshot(model)
