@@ -124,6 +124,25 @@ def infer_speed(preset: str, size: int, threads: int, device: str, method: str, 
             "peak_rss_mib": _peak_rss_mib(), "rss_before_mib": base_rss}
 
 
+def autocorr_speed(size: int, repeats: int = 5) -> dict:
+    """Noise autocorrelation of a size x size frame: automatic tiles, and the full-frame residual."""
+    from napari_cosdd.engine.autocorrelation import noise_autocorrelation
+    from napari_cosdd.engine.synthetic import add_stripes_noise, clean_image
+
+    clean = clean_image((size, size), seed=1)
+    noisy = add_stripes_noise(clean, seed=2)
+    out = {"size": size}
+    for name, kwargs in (("auto_tiles_s", {}), ("residual_s", {"denoised": clean})):
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            result = noise_autocorrelation(noisy, **kwargs)
+            times.append(time.perf_counter() - t)
+        out[name] = float(np.median(times))
+        out[name.replace("_s", "_orientation")] = result.orientation
+    return out
+
+
 def _child(kind: str, kwargs: dict) -> dict:
     code = (f"import json, sys; sys.path.insert(0, {sys.path[0]!r}); import speed; "
             f"print(json.dumps(speed.{kind}(**json.loads(sys.argv[1]))))")
@@ -145,10 +164,14 @@ def main() -> None:
     p.add_argument("--infer-size", type=int, default=1024)
     p.add_argument("--big", type=int, default=2048, help="side of the image for the memory-bounded direct run")
     p.add_argument("--skip-inference", action="store_true")
+    p.add_argument("--autocorr-only", action="store_true", help="only the autocorrelation timing")
     args = p.parse_args()
 
     print(f"# machine: {platform.processor() or platform.machine()}, {args.threads} threads, device {args.device}")
     print(f"# calibration: conv3x3 64->64 4x64x64 fwd+bwd {calibration(args.threads) * 1e3:.1f} ms")
+    print("autocorr", json.dumps(_child("autocorr_speed", dict(size=args.big))), flush=True)
+    if args.autocorr_only:
+        return
     precisions = [False, True] if args.device.startswith("cuda") else [False]
     for preset in args.presets:
         for bf16 in precisions:

@@ -15,6 +15,8 @@ _API = {
     "generate_noisy": "inference",
     "save_model": "model_file", "load_model": "model_file", "ModelFileError": "model_file",
     "InputError": "data",
+    "noise_autocorrelation": "autocorrelation", "NoiseAutocorrelation": "autocorrelation",
+    "check_noise": "noise_check",
 }
 
 __all__ = ["__version__", *_API]

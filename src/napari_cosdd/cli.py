@@ -1,0 +1,598 @@
+"""The `napari-cosdd` command line: train, denoise, autocorr, check-noise and demo, on the same engine
+and the same progress events as the napari widgets.
+
+Errors in arguments or files print one line and exit with status 2; a training stopped with Ctrl-C
+saves the best model so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+
+PROG = "napari-cosdd"
+EXIT_USAGE = 2
+
+# Help for the engine settings that become flags (one per field of TrainConfig and ModelConfig).
+TRAIN_HELP = {
+    "crop_size": "side of the random training crops, pixels",
+    "batch_size": "crops per step (per process when distributed)",
+    "learning_rate": "initial learning rate (Adamax)",
+    "lr_patience": "validations without improvement before the learning rate drops",
+    "lr_factor": "factor applied to the learning rate on a plateau",
+    "min_lr": "lowest learning rate",
+    "early_stopping_patience": "validations without improvement before training ends",
+    "val_every": "steps between validations",
+    "val_fraction": "share of the data held out for validation",
+    "val_crops": "number of fixed validation crops",
+    "grad_clip": "gradient norm clip",
+    "max_nonfinite": "non-finite losses in a row before training gives up",
+    "bf16": "bf16 autocast on CUDA",
+    "checkpointing": "activation checkpointing (less GPU memory, slower)",
+    "threads": "CPU threads for torch",
+    "clip_outliers": "clip the input to these two percentiles, e.g. 0.1 99.9",
+}
+MODEL_HELP = {
+    "levels": "latent levels of the ladder VAE",
+    "features": "feature channels of the networks",
+    "latent_channels": "latent channels per level",
+    "downsampling": "per level: 1 halves the resolution, 0 keeps it",
+    "ar_filters": "AR decoder width",
+    "ar_kernel": "AR decoder 1-D kernel size",
+    "ar_dilations": "AR decoder dilations, one per residual pair",
+    "mixture_components": "Gaussians per pixel in the noise likelihood",
+    "min_scale": "floor on the mixture scales (normalised units)",
+    "signal_decoder_layers": "convolutions of the signal decoder",
+    "direct_denoiser": "train the Direct Denoiser U-Net alongside",
+    "direct_loss": "mse: the Direct Denoiser gives the posterior mean; l1: the median",
+}
+# Fields that have their own flags or are set from the data.
+TRAIN_OWN_FLAGS = {"max_steps", "max_minutes", "seed", "device"}
+MODEL_FROM_DATA = {"in_channels", "spatial_dims", "orientation"}
+NONE_DEFAULT_TYPES = {"threads": int, "clip_outliers": float}
+
+
+class UsageError(Exception):
+    """Wrong arguments or unusable files: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line instead of usage + message
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+# ------------------------------------------------------------------ progress
+
+
+class ProgressBar:
+    """A one-line progress bar on a terminal; plain lines every few seconds otherwise (logs, clusters)."""
+
+    def __init__(self, stream=None, every: float = 10.0) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every = every
+        self._last = 0.0
+
+    def update(self, fraction: float | None, text: str, force: bool = False) -> None:
+        now = time.monotonic()
+        if not (self.tty or force or now - self._last >= self.every):
+            return
+        self._last = now
+        if fraction is None:
+            bar = ""
+        else:
+            filled = int(round(24 * min(max(fraction, 0.0), 1.0)))
+            bar = f"[{'#' * filled}{'.' * (24 - filled)}] {100 * fraction:3.0f}% "
+        line = bar + text
+        if self.tty:
+            width = 160
+            self.stream.write("\r" + line[:width].ljust(min(width, len(line) + 2)))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def training_line(ev) -> str:
+    """The progress text of one training event (losses, time, time left)."""
+    total = f"/{ev.total_steps}" if ev.total_steps else ""
+    parts = [f"step {ev.step}{total}", f"{_clock(ev.elapsed)} elapsed", f"{_clock(ev.eta)} left"]
+    if ev.train:
+        parts.append("train " + " ".join(f"{k} {ev.train[k]:.4f}" for k in ("elbo", "kl", "nll") if k in ev.train))
+    if ev.val:
+        parts.append(f"val elbo {ev.val['elbo']:.4f}")
+    if ev.skipped_steps:
+        parts.append(f"{ev.skipped_steps} skipped")
+    return " | ".join(parts)
+
+
+# ------------------------------------------------------------------ reading inputs
+
+
+def _read_each(patterns: list[str], axes: str | None, spatial_dims: int, say) -> list:
+    """Read every image, each with its own axes (given, from its metadata, or assumed)."""
+    from .engine.io import default_axes, expand_paths, read_image
+
+    files = [read_image(p, axes) for p in expand_paths(patterns)]
+    for f in files:
+        if f.axes is None:
+            f.axes = default_axes(f.data.ndim, spatial_dims)
+            say(f"{f.path.name}: axes not given and not in the file: assuming {f.axes!r} (pass --axes to change it)")
+    return files
+
+
+def _read_images(patterns: list[str], axes: str | None, spatial_dims: int, say) -> tuple[list, str]:
+    """Read every image; all must share one axes string (given, from metadata, or assumed)."""
+    from .engine.io import default_axes, expand_paths, read_image
+
+    files = [read_image(p, axes) for p in expand_paths(patterns)]
+    found = {f.axes for f in files if f.axes}
+    if len(found) > 1:
+        raise UsageError("the images' metadata give different axes (" + ", ".join(sorted(found))
+                         + "); pass --axes, or train on them separately")
+    if found:
+        chosen = found.pop()
+        if any(f.axes is None for f in files):
+            raise UsageError("some images have axes in their metadata and some do not; pass --axes")
+    else:
+        ndims = {f.data.ndim for f in files}
+        if len(ndims) > 1:
+            raise UsageError(f"the images have different numbers of dimensions {sorted(ndims)}; pass --axes or "
+                             "train on them separately")
+        chosen = default_axes(ndims.pop(), spatial_dims)
+        say(f"axes not given and not in the files: assuming {chosen!r} (pass --axes to change it)")
+    for f in files:
+        f.axes = chosen
+    return files, chosen
+
+
+def _parse_region(text: str | None, ndim_spatial: int):
+    """'y0:y1,x0:x1' -> a box; a .npy/.tif path -> a boolean mask."""
+    if text is None:
+        return None
+    if os.path.exists(text):
+        from .engine.io import read_image
+
+        mask = read_image(text).data
+        return mask.astype(bool)
+    try:
+        box = [tuple(int(v) for v in part.split(":")) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--region {text!r}: give start:stop per spatial axis, e.g. 0:128,0:256, "
+                         "or a mask file") from None
+    if any(len(b) != 2 for b in box) or len(box) != ndim_spatial:
+        raise UsageError(f"--region {text!r}: give one start:stop pair for each of the {ndim_spatial} spatial axes")
+    return box
+
+
+def _check_not_an_input(outputs: list[Path], inputs: list[Path]) -> None:
+    resolved = {p.resolve() for p in inputs}
+    for out in outputs:
+        if out.resolve() in resolved:
+            raise UsageError(f"{out} is one of the input files; choose another output so the input is not overwritten")
+
+
+# ------------------------------------------------------------------ train
+
+
+def _add_engine_flags(p: argparse.ArgumentParser) -> None:
+    from .engine.config import ModelConfig, TrainConfig
+
+    g = p.add_argument_group("training settings (defaults from the engine)")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in TRAIN_OWN_FLAGS:
+            continue
+        _add_field_flag(g, f, TRAIN_HELP.get(f.name, f.name))
+    g = p.add_argument_group("model settings (override the preset; ignored with --resume)")
+    for f in dataclasses.fields(ModelConfig):
+        if f.name in MODEL_FROM_DATA:
+            continue
+        _add_field_flag(g, f, MODEL_HELP.get(f.name, f.name))
+
+
+def _add_field_flag(group, f: dataclasses.Field, text: str) -> None:
+    flag = "--" + f.name.replace("_", "-")
+    default = f.default
+    shown = "" if default in (None, ()) else f" (default {default if not isinstance(default, tuple) else ' '.join(map(str, default))})"
+    if isinstance(default, bool):
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text + shown)
+    elif isinstance(default, tuple) or f.name == "clip_outliers":
+        kind = NONE_DEFAULT_TYPES.get(f.name, int)
+        nargs = 2 if f.name == "clip_outliers" else "+"
+        group.add_argument(flag, type=kind, nargs=nargs, default=None, metavar="N", help=text + shown)
+    else:
+        kind = NONE_DEFAULT_TYPES.get(f.name) or type(default)
+        group.add_argument(flag, type=kind, default=None, help=text + shown)
+
+
+def _collect(args, cls, skip: set[str]) -> dict:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        value = getattr(args, f.name, None)
+        if value is not None:
+            out[f.name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def cmd_train(args, say) -> int:
+    from .engine import distributed
+    from .engine.autocorrelation import noise_autocorrelation
+    from .engine.config import ModelConfig, TrainConfig
+    from .engine.model_file import load_model, save_model
+    from .engine.train import Trainer
+
+    ctx = distributed.init_from_env(args.device) if distributed.launched_by_torchrun() else None
+    main_process = ctx is None or ctx.is_main
+    if not main_process:
+        def say(*_a, **_k):  # noqa: E306 - only the main process talks
+            pass
+    try:
+        model = load_model(args.resume) if args.resume else None
+        orientation = args.orientation
+        if model is not None:
+            trained = model.config.orientation
+            if orientation not in ("auto", trained):
+                raise UsageError(f"{args.resume} models noise along {trained!r}, not {orientation!r}; "
+                                 f"drop --orientation or pass --orientation {trained}")
+            orientation = trained
+            dims = model.config.spatial_dims
+        else:
+            dims = args.spatial_dims or (3 if orientation == "z" else 2)
+        files, axes = _read_images(args.images, args.axes, dims, say)
+        out = Path(args.out)
+        _check_not_an_input([out], [f.path for f in files])
+        if orientation == "auto":
+            ac = noise_autocorrelation(files[0].data, axes, spatial_dims=dims)
+            orientation = ac.orientation
+            say(f"orientation: {orientation} (from the noise autocorrelation of {files[0].path.name}: {ac.reason})")
+        train_values = _collect(args, TrainConfig, TRAIN_OWN_FLAGS)
+        steps = args.steps if (args.steps is not None or args.minutes is not None) else TrainConfig.max_steps
+        cfg = TrainConfig(max_steps=steps, max_minutes=args.minutes, seed=args.seed, device=args.device,
+                          **train_values)
+        overrides = _collect(args, ModelConfig, MODEL_FROM_DATA)
+        if model is not None and overrides:
+            say("note: model settings are ignored when continuing a saved model: " + ", ".join(sorted(overrides)))
+            overrides = {}
+        trainer = Trainer([f.data for f in files], axes, model=model, preset=args.preset, orientation=orientation,
+                          train_config=cfg, spatial_dims=dims, dist_context=ctx, **overrides)
+        bar = ProgressBar() if main_process else None
+        interrupted = []
+
+        def on_sigint(signum, frame):
+            if interrupted:  # a second Ctrl-C: give up at once
+                raise KeyboardInterrupt
+            interrupted.append(True)
+            trainer.stop()
+            if bar:
+                bar.update(None, "stopping at the next step; the best model so far will be saved "
+                                 "(Ctrl-C again to quit without saving)", force=True)
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            for ev in trainer.fit():
+                if bar is None:
+                    continue
+                if ev.kind in ("start", "warning"):
+                    bar.update(None, ev.message, force=True)
+                    if bar.tty:
+                        bar.close()
+                elif ev.kind in ("step", "validation"):
+                    bar.update(ev.fraction, training_line(ev))
+                elif ev.kind == "done":
+                    bar.update(1.0, training_line(ev), force=True)
+                    bar.close()
+                    say(f"training ended: {ev.message}")
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if main_process:
+            save_model(trainer.model, out, extra={"axes": axes, "images": [str(f.path) for f in files]})
+            best = trainer.history[-1].get("best_val_elbo") if trainer.history else None
+            say(f"model written to {out}" + (f" (best validation ELBO {best:.4f})" if best is not None else ""))
+        if ctx is not None:
+            ctx.barrier()
+    finally:
+        if ctx is not None:
+            distributed.shutdown()
+    return 0
+
+
+# ------------------------------------------------------------------ denoise
+
+
+def cmd_denoise(args, say) -> int:
+    from .engine.inference import denoise_iter
+    from .engine.io import write_tiff
+    from .engine.model_file import load_model
+
+    model = load_model(args.model)
+    files = _read_each(args.images, args.axes, model.config.spatial_dims, say)
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out {out_dir} is a file; give a folder for the results")
+    names = ["direct"] if args.method == "direct" else (
+        ["mean"] + (["variance", "std"] if args.variance else []) + (["median"] if args.median else [])
+        + (["samples"] if args.keep_samples else []))
+    planned = {f.path: {n: out_dir / f"{f.path.stem}_cosdd_{n}.tif" for n in names} for f in files}
+    _check_not_an_input([p for d in planned.values() for p in d.values()], [f.path for f in files])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bar = ProgressBar()
+    for f in files:
+        axes = f.axes
+        gen = denoise_iter(model, f.data, axes, method=args.method, n_samples=args.samples,
+                           variance=args.variance, median=args.median, keep_samples=args.keep_samples,
+                           tile=args.tile, device=args.device, bf16=args.bf16, seed=args.seed)
+        started = time.monotonic()
+        while True:
+            try:
+                ev = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            elapsed = time.monotonic() - started
+            left = elapsed / ev.fraction * (1 - ev.fraction) if ev.fraction > 0 else None
+            bar.update(ev.fraction, f"{f.path.name}: {ev.done}/{ev.total} tile passes, {_clock(left)} left")
+        bar.update(1.0, f"{f.path.name}: done", force=True)
+        bar.close()
+        for name, path in planned[f.path].items():
+            data = getattr(result, name)
+            if name == "samples":
+                # The samples axis goes first: as T for ImageJ when the image has none, else as a sequence.
+                write_tiff(path, data, ("T" if "T" not in axes and "S" not in axes else "S") + axes, like=f)
+            else:
+                write_tiff(path, data, axes, like=f)
+            say(f"wrote {path}")
+    return 0
+
+
+# ------------------------------------------------------------------ autocorr and check-noise
+
+
+def cmd_autocorr(args, say) -> int:
+    from .engine.autocorrelation import noise_autocorrelation
+    from .engine.io import write_tiff
+
+    dims = args.spatial_dims or 2
+    files, axes = _read_images([args.image], args.axes, dims, say)
+    f = files[0]
+    if args.spatial_dims is None and "Z" in axes:
+        dims = 3
+    denoised = None
+    if args.denoised:
+        denoised = _read_images([args.denoised], axes, dims, lambda *_: None)[0][0].data
+    region = _parse_region(args.region, dims)
+    result = noise_autocorrelation(f.data, axes, region=region, denoised=denoised, max_lag=args.max_lag,
+                                   spatial_dims=dims)
+    print(result.summary(profile_lags=args.max_lag))
+    if args.out:
+        out = Path(args.out)
+        _check_not_an_input([out], [f.path])
+        write_tiff(out, result.autocorrelation, result.axes)
+        say(f"wrote the autocorrelation map ({'x'.join(map(str, result.autocorrelation.shape))}, lag 0 at the "
+            f"centre) to {out}")
+    return 0
+
+
+def cmd_check_noise(args, say) -> int:
+    from .engine.io import write_tiff
+    from .engine.model_file import load_model
+    from .engine.noise_check import check_noise
+
+    model = load_model(args.model)
+    files, axes = _read_images([args.image], args.axes, model.config.spatial_dims, say)
+    f = files[0]
+    out = Path(args.out) if args.out else Path(f"{f.path.stem}_cosdd_generated.tif")
+    _check_not_an_input([out], [f.path])
+    result = check_noise(model, f.data, axes, device=args.device, max_side=args.max_side, seed=args.seed)
+    print(result.summary())
+    if result.generated.shape[0] == 1:
+        write_tiff(out, result.generated[0], result.spatial_axes, like=f)
+    else:
+        write_tiff(out, result.generated, "C" + result.spatial_axes, like=f)
+    say(f"wrote the generated noisy image to {out}")
+    return 0
+
+
+# ------------------------------------------------------------------ demo
+
+
+def cmd_demo(args, say) -> int:
+    from .engine.synthetic import make_dataset
+
+    if not args.headless:
+        return _demo_gui(say)
+    import numpy as np
+
+    from .engine.config import TrainConfig
+    from .engine.inference import denoise
+    from .engine.io import write_tiff
+    from .engine.model_file import save_model
+    from .engine.synthetic import psnr
+    from .engine.train import Trainer
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"training on the built-in stripes sample for {args.minutes:g} minute(s)")
+    noisy, _ = make_dataset("stripes", n_images=8, shape=(128, 128), seed=0)
+    trainer = Trainer(noisy, "SYX", preset=args.preset, orientation="x",
+                      train_config=TrainConfig(max_minutes=args.minutes, max_steps=None, device=args.device))
+    bar = ProgressBar()
+    for ev in trainer.fit():
+        if ev.kind in ("step", "validation", "done"):
+            bar.update(ev.fraction, training_line(ev), force=ev.kind == "done")
+    bar.close()
+    save_model(trainer.model, out / "stripes.cosdd")
+    test_noisy, test_clean = make_dataset("stripes", n_images=2, shape=(256, 256), seed=100)
+    direct = denoise(trainer.model, test_noisy, "SYX", method="direct", device=args.device).direct
+    sampled = denoise(trainer.model, test_noisy, "SYX", method="sample", n_samples=20, device=args.device)
+    for name, arr in [("noisy", test_noisy), ("clean", test_clean), ("direct", direct),
+                      ("mean20", sampled.mean), ("std20", sampled.std)]:
+        write_tiff(out / f"{name}.tif", arr, "TYX")
+
+    def score(est):
+        return float(np.mean([psnr(c, e) for c, e in zip(test_clean, est)]))
+
+    print(f"PSNR noisy {score(test_noisy):.2f} dB | direct {score(direct):.2f} dB | "
+          f"mean of 20 samples {score(sampled.mean):.2f} dB  (TIFFs and model in {out}/)")
+    return 0
+
+
+def _demo_gui(say) -> int:
+    try:
+        import napari
+    except ImportError as err:  # pragma: no cover - napari is a dependency
+        raise UsageError(f"napari cannot be imported ({err}); run 'napari-cosdd demo --headless'") from None
+    from .engine.synthetic import make_dataset
+
+    viewer = napari.Viewer(title="napari-cosdd demo")
+    noisy, clean = make_dataset("stripes", n_images=1, shape=(512, 512), seed=0)
+    viewer.add_image(clean[0], name="stripes clean (ground truth)", visible=False)
+    viewer.add_image(noisy[0], name="stripes noisy")
+    for widget in ("Noise", "Train", "Denoise"):
+        try:
+            viewer.window.add_plugin_dock_widget("napari-cosdd", widget)
+        except Exception as err:  # the widget is missing from this installation's manifest
+            say(f"note: the {widget} widget could not be docked ({err})")
+    napari.run()
+    return 0
+
+
+# ------------------------------------------------------------------ the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Train COSDD on noisy images alone and denoise with it.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train a model on noisy images",
+                       description="Train COSDD on noisy images. Under torchrun, trains on several processes "
+                                   "(DistributedDataParallel); only the first writes the model and the progress.")
+    t.add_argument("images", nargs="+", metavar="IMAGE", help="TIFF or .npy files, or glob patterns")
+    t.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.cosdd)")
+    t.add_argument("--axes", help="axes of the images over S,T,C,Z,Y,X (default: from the file, else assumed)")
+    t.add_argument("--orientation", default="auto", choices=["auto", "x", "y", "z", "none"],
+                   help="axis of the noise correlation; auto picks it from the noise autocorrelation")
+    t.add_argument("--preset", default=None, help="network size: tiny, cpu, small, default, large "
+                                                    "(default: cpu on a CPU, large on a GPU)")
+    t.add_argument("--spatial-dims", type=int, choices=[2, 3], default=None,
+                   help="3 for a volumetric (Z,Y,X) model (default 2, or 3 with --orientation z)")
+    t.add_argument("--minutes", type=float, default=None, help="time budget")
+    t.add_argument("--steps", type=int, default=None, help="step budget (default 2000 when no --minutes)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    t.add_argument("--resume", metavar="MODEL", help="continue training this model file")
+    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    _add_engine_flags(t)
+
+    d = sub.add_parser("denoise", help="denoise images with a trained model",
+                       description="Denoise images; writes <name>_cosdd_<output>.tif files (float32, the "
+                                   "input's axes and calibration) into --out, never over an input.")
+    d.add_argument("model", metavar="MODEL")
+    d.add_argument("images", nargs="+", metavar="IMAGE")
+    d.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
+    d.add_argument("--axes", help="axes of the images (default: from the file, else assumed)")
+    d.add_argument("--method", choices=["direct", "sample"], default="direct",
+                   help="direct: one pass of the Direct Denoiser; sample: the mean of posterior samples")
+    d.add_argument("--samples", type=int, default=100, help="posterior samples for --method sample")
+    d.add_argument("--variance", action="store_true", help="also write the posterior variance and std")
+    d.add_argument("--median", action="store_true", help="also write the pixel-wise posterior median")
+    d.add_argument("--keep-samples", action="store_true", help="also write the samples (first axis)")
+    d.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: from memory)")
+    d.add_argument("--device", default="auto")
+    d.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 on CUDA")
+    d.add_argument("--seed", type=int, default=0)
+
+    a = sub.add_parser("autocorr", help="noise autocorrelation and the suggested orientation",
+                       description="Print the noise autocorrelation's suggested orientation, its evidence and "
+                                   "the row and column profiles.")
+    a.add_argument("image", metavar="IMAGE")
+    a.add_argument("--axes")
+    a.add_argument("--region", help="y0:y1,x0:x1 (a box over background), or a mask file; "
+                                    "default: the lowest-signal tiles")
+    a.add_argument("--denoised", metavar="IMAGE", help="a denoised version: use the residual as the noise")
+    a.add_argument("--max-lag", type=int, default=25)
+    a.add_argument("--spatial-dims", type=int, choices=[2, 3], default=None,
+                   help="3: a 3-D autocorrelation over Z,Y,X (default when the axes have Z)")
+    a.add_argument("--out", metavar="TIFF", help="also write the autocorrelation map")
+
+    c = sub.add_parser("check-noise", help="compare the model's generated noise with the real noise",
+                       description="Sample a new noisy image from the model's noise decoder and compare its "
+                                   "autocorrelation and variance-versus-signal with the real noise.")
+    c.add_argument("model", metavar="MODEL")
+    c.add_argument("image", metavar="IMAGE")
+    c.add_argument("--axes")
+    c.add_argument("--out", metavar="TIFF", help="generated image (default ./<name>_cosdd_generated.tif)")
+    c.add_argument("--max-side", type=int, default=256, help="side of the central crop used")
+    c.add_argument("--device", default="auto")
+    c.add_argument("--seed", type=int, default=0)
+
+    m = sub.add_parser("demo", help="the built-in sample: in napari, or --headless",
+                       description="Open napari with the built-in sample and the plugin's widgets, or with "
+                                   "--headless train on the sample and write denoised results.")
+    m.add_argument("--headless", action="store_true", help="no window: train, denoise, write TIFFs")
+    m.add_argument("--minutes", type=float, default=1.0)
+    m.add_argument("--preset", default=None)
+    m.add_argument("--device", default="auto")
+    m.add_argument("--out", default="cosdd_demo", help="folder for --headless results")
+    return p
+
+
+COMMANDS = {"train": cmd_train, "denoise": cmd_denoise, "autocorr": cmd_autocorr,
+            "check-noise": cmd_check_noise, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return EXIT_USAGE
+        return COMMANDS[args.command](args, say)
+    except UsageError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        from .engine.data import InputError
+        from .engine.model_file import ModelFileError
+        from .engine.train import TrainingError
+
+        if isinstance(err, TrainingError):
+            print(f"{PROG}: training failed: {err}", file=sys.stderr)
+            return 1
+        if isinstance(err, (InputError, ModelFileError, ValueError, FileNotFoundError, PermissionError)):
+            print(f"{PROG}: error: {err}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""The `napari-cosdd` command line, driven as a user would: every subcommand and its error paths."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_cosdd.cli import ProgressBar, main, training_line
+from napari_cosdd.engine.model_file import load_model, save_model
+from napari_cosdd.engine.synthetic import make_dataset
+from napari_cosdd.engine.train import TrainingEvent
+
+TINY = ["--preset", "tiny", "--crop-size", "32", "--val-every", "10", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """An ImageJ TIFF stack (TYX, calibrated), two .npy frames and a 2-channel TIFF."""
+    d = tmp_path_factory.mktemp("cli")
+    noisy, _ = make_dataset("stripes", n_images=3, shape=(64, 64), seed=2)
+    tifffile.imwrite(d / "stack.tif", noisy, imagej=True, metadata={"axes": "TYX", "unit": "um"},
+                     resolution=(4.0, 4.0))
+    for i in range(2):
+        np.save(d / f"frame{i}.npy", noisy[i])
+    tifffile.imwrite(d / "twochannel.tif", np.stack([noisy[0], noisy[1]]), imagej=True, metadata={"axes": "CYX"})
+    return d
+
+
+@pytest.fixture(scope="module")
+def cli_model(data_dir, tiny_model):
+    """A tiny model file (the session's tiny model, trained on stripes along x)."""
+    path = data_dir / "tiny.cosdd"
+    save_model(tiny_model, path)
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.startswith("napari-cosdd: error")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+# ------------------------------------------------------------------ train
+
+
+def test_train_picks_the_orientation_and_writes_a_model(capsys, data_dir, tmp_path):
+    out = tmp_path / "m.cosdd"
+    code, _, err = run(capsys, "train", data_dir / "stack.tif", "--out", out, "--steps", 12, *TINY)
+    assert code == 0, err
+    assert "orientation: x" in err and "model written" in err
+    model = load_model(out)
+    assert model.config.orientation == "x"
+    assert model.history[-1]["steps"] == 12
+    assert model.extra["axes"] == "TYX"
+
+
+def test_train_takes_glob_patterns_and_engine_settings(capsys, data_dir, tmp_path):
+    out = tmp_path / "m.cosdd"
+    code, _, err = run(capsys, "train", str(data_dir / "frame*.npy"), "--out", out, "--steps", 4,
+                       "--orientation", "none", "--mixture-components", "2", "--learning-rate", "1e-3",
+                       "--no-direct-denoiser", *TINY)
+    assert code == 0, err
+    model = load_model(out)
+    assert model.config.mixture_components == 2 and model.direct_denoiser is None
+    assert model.config.orientation == "none"
+    assert len(model.extra["images"]) == 2
+
+
+def test_resume_continues_and_refuses_another_orientation(capsys, data_dir, cli_model, tmp_path):
+    out = tmp_path / "more.cosdd"
+    code, _, err = run(capsys, "train", data_dir / "stack.tif", "--resume", cli_model, "--out", out,
+                       "--steps", 3, "--orientation", "y", *TINY)
+    assert code == 2
+    assert "along 'x'" in one_line_error(err) and not out.exists()
+    code, _, err = run(capsys, "train", data_dir / "stack.tif", "--resume", cli_model, "--out", out,
+                       "--steps", 3, *TINY)
+    assert code == 0, err
+    assert len(load_model(out).history) == len(load_model(cli_model).history) + 1
+
+
+@pytest.mark.parametrize(
+    "extra, words",
+    [
+        (["missing.tif"], "no such file"),
+        (["nomatch*.tif"], "no file matches"),
+        (["{d}/stack.tif", "--axes", "ZTYX"], "names 4 axes"),
+        (["{d}/stack.tif", "--axes", "TQX"], "letters"),
+        (["{d}/stack.tif", "--steps", "0x"], "invalid int"),
+        (["{d}/stack.tif", "--preset", "huge"], "unknown preset"),
+        (["{d}/stack.tif", "--crop-size", "4"], "crop_size"),
+    ],
+)
+def test_train_errors_are_one_line_with_status_2(capsys, data_dir, tmp_path, extra, words):
+    argv = [a.replace("{d}", str(data_dir)) for a in extra]
+    code, _, err = run(capsys, "train", *argv, "--out", tmp_path / "m.cosdd")
+    assert code == 2
+    assert words in one_line_error(err)
+    assert "Traceback" not in err
+
+
+def test_train_refuses_to_write_the_model_over_an_input(capsys, data_dir):
+    before = (data_dir / "frame0.npy").read_bytes()
+    code, _, err = run(capsys, "train", data_dir / "frame0.npy", "--out", data_dir / "frame0.npy", *TINY)
+    assert code == 2 and "input" in one_line_error(err)
+    assert (data_dir / "frame0.npy").read_bytes() == before
+
+
+def test_ctrl_c_stops_training_and_saves_the_best_model(data_dir, tmp_path):
+    out = tmp_path / "stopped.cosdd"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_cosdd", "train", str(data_dir / "stack.tif"), "--out", str(out),
+         "--steps", "100000", "--threads", "1", *TINY],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    lines = []
+    for line in proc.stderr:  # wait until training has started
+        lines.append(line)
+        if line.startswith("split:"):
+            break
+    time.sleep(3)
+    proc.send_signal(signal.SIGINT)
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(lines) + rest
+    assert "stopped on request" in rest and "model written" in rest
+    history = load_model(out).history[-1]
+    assert history["reason"] == "stopped on request" and 0 < history["steps"] < 100000
+
+
+# ------------------------------------------------------------------ denoise
+
+
+def test_denoise_direct_keeps_axes_calibration_and_dtype(capsys, data_dir, cli_model, tmp_path):
+    code, _, err = run(capsys, "denoise", cli_model, data_dir / "stack.tif", "--out", tmp_path)
+    assert code == 0, err
+    out = tmp_path / "stack_cosdd_direct.tif"
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].axes == "TYX" and tif.series[0].shape == (3, 64, 64)
+        assert tif.series[0].dtype == np.float32
+        assert tif.imagej_metadata["unit"] == "um"
+        assert tif.pages[0].tags["XResolution"].value == (4, 1)
+
+
+def test_denoise_sample_writes_every_requested_output(capsys, data_dir, cli_model, tmp_path):
+    code, _, err = run(capsys, "denoise", cli_model, data_dir / "frame0.npy", data_dir / "frame1.npy",
+                       "--out", tmp_path, "--method", "sample", "--samples", 3, "--variance", "--median",
+                       "--keep-samples", "--tile", 32)
+    assert code == 0, err
+    for name in ("mean", "variance", "std", "median"):
+        assert tifffile.imread(tmp_path / f"frame1_cosdd_{name}.tif").shape == (64, 64)
+    samples = tifffile.imread(tmp_path / "frame0_cosdd_samples.tif")
+    assert samples.shape == (3, 64, 64)
+    np.testing.assert_allclose(samples.mean(0), tifffile.imread(tmp_path / "frame0_cosdd_mean.tif"), atol=1e-4)
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "frame0_cosdd_std.tif") ** 2,
+                               tifffile.imread(tmp_path / "frame0_cosdd_variance.tif"), rtol=1e-4, atol=1e-8)
+
+
+def test_denoise_never_overwrites_an_input(capsys, data_dir, cli_model, tmp_path):
+    victim = tmp_path / "a_cosdd_direct.tif"
+    source = tmp_path / "a.tif"
+    tifffile.imwrite(source, np.load(data_dir / "frame0.npy"))
+    tifffile.imwrite(victim, np.ones((64, 64), np.float32))
+    before = victim.read_bytes()
+    code, _, err = run(capsys, "denoise", cli_model, source, victim, "--out", tmp_path)
+    assert code == 2 and "input" in one_line_error(err)
+    assert victim.read_bytes() == before
+
+
+def test_denoise_errors(capsys, data_dir, cli_model, tmp_path):
+    code, _, err = run(capsys, "denoise", cli_model, data_dir / "twochannel.tif", "--out", tmp_path)
+    assert code == 2 and "channel" in one_line_error(err)
+    broken = tmp_path / "broken.cosdd"
+    broken.write_bytes(cli_model.read_bytes()[:500])
+    code, _, err = run(capsys, "denoise", broken, data_dir / "frame0.npy", "--out", tmp_path)
+    assert code == 2 and "model file" in one_line_error(err)
+    code, _, err = run(capsys, "denoise", cli_model, data_dir / "frame0.npy", "--out", data_dir / "frame0.npy")
+    assert code == 2 and "is a file" in one_line_error(err)
+
+
+# ------------------------------------------------------------------ autocorr, check-noise, demo
+
+
+def test_autocorr_prints_the_suggestion_and_writes_the_map(capsys, data_dir, tmp_path):
+    code, out, err = run(capsys, "autocorr", data_dir / "stack.tif", "--max-lag", 6, "--out", tmp_path / "ac.tif")
+    assert code == 0, err
+    assert "suggested orientation: x" in out and "profile along y" in out
+    ac = tifffile.imread(tmp_path / "ac.tif")
+    assert ac.shape == (13, 13) and ac[6, 6] == pytest.approx(1.0)
+
+
+def test_autocorr_with_a_region_and_a_bad_region(capsys, data_dir):
+    code, out, _ = run(capsys, "autocorr", data_dir / "frame0.npy", "--region", "0:32,0:64")
+    assert code == 0 and "region" in out
+    code, _, err = run(capsys, "autocorr", data_dir / "frame0.npy", "--region", "0:32")
+    assert code == 2 and "start:stop" in one_line_error(err)
+
+
+def test_check_noise_compares_and_writes_the_generated_image(capsys, data_dir, cli_model, tmp_path):
+    out = tmp_path / "gen.tif"
+    code, text, err = run(capsys, "check-noise", cli_model, data_dir / "frame0.npy", "--out", out)
+    assert code == 0, err
+    assert "real" in text and "generated" in text and "variance" in text
+    generated = tifffile.imread(out)
+    assert generated.shape == (64, 64) and np.isfinite(generated).all()
+    code, _, err = run(capsys, "check-noise", cli_model, data_dir / "frame0.npy", "--out", data_dir / "frame0.npy")
+    assert code == 2 and "input" in one_line_error(err)
+
+
+def test_demo_headless_trains_and_writes_results(capsys, tmp_path):
+    code, out, err = run(capsys, "demo", "--headless", "--minutes", 0.05, "--preset", "tiny", "--out", tmp_path,
+                         "--device", "cpu")
+    assert code == 0, err
+    assert "PSNR noisy" in out
+    for name in ("noisy", "direct", "mean20", "std20"):
+        assert tifffile.imread(tmp_path / f"{name}.tif").shape == (2, 256, 256)
+    assert load_model(tmp_path / "stripes.cosdd").config.orientation == "x"
+
+
+@pytest.mark.parametrize("command", ["train", "denoise", "autocorr", "check-noise", "demo"])
+def test_help_everywhere(capsys, command):
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--help"])
+    assert stop.value.code == 0
+    assert command in capsys.readouterr().out
+
+
+def test_no_command_prints_help_and_status_2(capsys):
+    assert main([]) == 2
+    assert "train" in capsys.readouterr().out
+
+
+def test_progress_line_names_losses_and_time_left():
+    ev = TrainingEvent("validation", step=50, total_steps=200, epoch=1.0, elapsed=30.0, eta=90.0,
+                       train={"elbo": 1.5, "kl": 0.2, "nll": 1.3}, val={"elbo": 1.4})
+    line = training_line(ev)
+    assert "step 50/200" in line and "1:30 left" in line and "val elbo 1.4000" in line
+
+
+def test_progress_bar_without_a_terminal_writes_plain_lines(tmp_path):
+    with open(tmp_path / "log.txt", "w") as stream:
+        bar = ProgressBar(stream, every=0.0)
+        bar.update(0.5, "half")
+        bar.update(1.0, "all", force=True)
+        bar.close()
+    text = (tmp_path / "log.txt").read_text().splitlines()
+    assert text == ["[############............]  50% half", "[########################] 100% all"]
