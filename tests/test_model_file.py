@@ -1,5 +1,6 @@
 """Model files: exact round trip, safe loading, clear errors."""
 
+import os
 import pickle
 import zipfile
 
@@ -89,3 +90,13 @@ def test_saving_never_leaves_a_half_written_file(tiny_model, tmp_path, monkeypat
         save_model(tiny_model, path)
     assert path.read_bytes() == good
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_saved_file_gets_ordinary_permissions(tiny_model, tmp_path):
+    """Written through a private temporary file, the model must still be readable like any new file."""
+    old = os.umask(0o022)
+    try:
+        path = save_model(tiny_model, tmp_path / "m.cosdd")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -16,43 +16,11 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .engine.progress import format_duration
 
 PROG = "napari-cosdd"
 EXIT_USAGE = 2
 
-# Help for the engine settings that become flags (one per field of TrainConfig and ModelConfig).
-TRAIN_HELP = {
-    "crop_size": "side of the random training crops, pixels",
-    "batch_size": "crops per step (per process when distributed)",
-    "learning_rate": "initial learning rate (Adamax)",
-    "lr_patience": "validations without improvement before the learning rate drops",
-    "lr_factor": "factor applied to the learning rate on a plateau",
-    "min_lr": "lowest learning rate",
-    "early_stopping_patience": "validations without improvement before training ends",
-    "val_every": "steps between validations",
-    "val_fraction": "share of the data held out for validation",
-    "val_crops": "number of fixed validation crops",
-    "grad_clip": "gradient norm clip",
-    "max_nonfinite": "non-finite losses in a row before training gives up",
-    "bf16": "bf16 autocast on CUDA",
-    "checkpointing": "activation checkpointing (less GPU memory, slower)",
-    "threads": "CPU threads for torch",
-    "clip_outliers": "clip the input to these two percentiles, e.g. 0.1 99.9",
-}
-MODEL_HELP = {
-    "levels": "latent levels of the ladder VAE",
-    "features": "feature channels of the networks",
-    "latent_channels": "latent channels per level",
-    "downsampling": "per level: 1 halves the resolution, 0 keeps it",
-    "ar_filters": "AR decoder width",
-    "ar_kernel": "AR decoder 1-D kernel size",
-    "ar_dilations": "AR decoder dilations, one per residual pair",
-    "mixture_components": "Gaussians per pixel in the noise likelihood",
-    "min_scale": "floor on the mixture scales (normalised units)",
-    "signal_decoder_layers": "convolutions of the signal decoder",
-    "direct_denoiser": "train the Direct Denoiser U-Net alongside",
-    "direct_loss": "mse: the Direct Denoiser gives the posterior mean; l1: the median",
-}
 # Fields that have their own flags or are set from the data.
 TRAIN_OWN_FLAGS = {"max_steps", "max_minutes", "seed", "device"}
 MODEL_FROM_DATA = {"in_channels", "spatial_dims", "orientation"}
@@ -104,19 +72,10 @@ class ProgressBar:
             self.stream.flush()
 
 
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def training_line(ev) -> str:
     """The progress text of one training event (losses, time, time left)."""
     total = f"/{ev.total_steps}" if ev.total_steps else ""
-    parts = [f"step {ev.step}{total}", f"{_clock(ev.elapsed)} elapsed", f"{_clock(ev.eta)} left"]
+    parts = [f"step {ev.step}{total}", f"{format_duration(ev.elapsed)} elapsed", f"{format_duration(ev.eta)} left"]
     if ev.train:
         parts.append("train " + " ".join(f"{k} {ev.train[k]:.4f}" for k in ("elbo", "kl", "nll") if k in ev.train))
     if ev.val:
@@ -196,18 +155,18 @@ def _check_not_an_input(outputs: list[Path], inputs: list[Path]) -> None:
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
-    from .engine.config import ModelConfig, TrainConfig
+    from .engine.config import FIELD_HELP, ModelConfig, TrainConfig
 
     g = p.add_argument_group("training settings (defaults from the engine)")
     for f in dataclasses.fields(TrainConfig):
         if f.name in TRAIN_OWN_FLAGS:
             continue
-        _add_field_flag(g, f, TRAIN_HELP.get(f.name, f.name))
+        _add_field_flag(g, f, FIELD_HELP.get(f.name, f.name))
     g = p.add_argument_group("model settings (override the preset; ignored with --resume)")
     for f in dataclasses.fields(ModelConfig):
         if f.name in MODEL_FROM_DATA:
             continue
-        _add_field_flag(g, f, MODEL_HELP.get(f.name, f.name))
+        _add_field_flag(g, f, FIELD_HELP.get(f.name, f.name))
 
 
 def _add_field_flag(group, f: dataclasses.Field, text: str) -> None:
@@ -352,7 +311,7 @@ def cmd_denoise(args, say) -> int:
                 break
             elapsed = time.monotonic() - started
             left = elapsed / ev.fraction * (1 - ev.fraction) if ev.fraction > 0 else None
-            bar.update(ev.fraction, f"{f.path.name}: {ev.done}/{ev.total} tile passes, {_clock(left)} left")
+            bar.update(ev.fraction, f"{f.path.name}: {ev.done}/{ev.total} tile passes, {format_duration(left)} left")
         bar.update(1.0, f"{f.path.name}: done", force=True)
         bar.close()
         for name, path in planned[f.path].items():

@@ -179,6 +179,37 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
+# One line of help per setting, for the command line's flags and the widgets' tooltips.
+FIELD_HELP = {
+    "crop_size": "side of the random training crops, pixels",
+    "batch_size": "crops per step (per process when distributed)",
+    "learning_rate": "initial learning rate (Adamax)",
+    "lr_patience": "validations without improvement before the learning rate drops",
+    "lr_factor": "factor applied to the learning rate on a plateau",
+    "min_lr": "lowest learning rate",
+    "early_stopping_patience": "validations without improvement before training ends",
+    "val_every": "steps between validations",
+    "val_fraction": "share of the data held out for validation",
+    "val_crops": "number of fixed validation crops",
+    "grad_clip": "gradient norm clip",
+    "max_nonfinite": "non-finite losses in a row before training gives up",
+    "bf16": "bf16 autocast on CUDA",
+    "checkpointing": "activation checkpointing (less GPU memory, slower)",
+    "threads": "CPU threads for torch",
+    "clip_outliers": "clip the input to these two percentiles, e.g. 0.1 99.9",
+    "levels": "latent levels of the ladder VAE",
+    "features": "feature channels of the networks",
+    "latent_channels": "latent channels per level",
+    "downsampling": "per level: 1 halves the resolution, 0 keeps it",
+    "ar_filters": "AR decoder width",
+    "ar_kernel": "AR decoder 1-D kernel size",
+    "ar_dilations": "AR decoder dilations, one per residual pair",
+    "mixture_components": "Gaussians per pixel in the noise likelihood",
+    "min_scale": "floor on the mixture scales (normalised units)",
+    "signal_decoder_layers": "convolutions of the signal decoder",
+    "direct_denoiser": "train the Direct Denoiser U-Net alongside",
+    "direct_loss": "mse: the Direct Denoiser gives the posterior mean; l1: the median",
+}
 # Presets name the network size; every field can still be overridden.
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds per run on a CPU: for tests and demos.

@@ -203,6 +203,14 @@ def split_train_val(images: list[np.ndarray], val_fraction: float, crop: tuple[i
     rng = np.random.default_rng(seed)
     n = len(images)
     n_val = int(round(n * val_fraction))
+
+    def band_fits(img: np.ndarray) -> bool:
+        spatial = img.shape[1:]
+        axis = int(np.argmax(spatial))
+        return spatial[axis] - max(crop[axis], int(math.ceil(spatial[axis] * val_fraction))) >= crop[axis]
+
+    if n_val == 0 and n >= 2 and not all(band_fits(img) for img in images):
+        n_val = 1  # images too small to cut a band from: hold out a whole one instead
     if n_val >= 1 and n - n_val >= 1:
         order = rng.permutation(n)
         val_idx = set(order[:n_val].tolist())

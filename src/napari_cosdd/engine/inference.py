@@ -132,8 +132,9 @@ def _crop_to(x: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
 # ---------------------------------------------------------------------------- running the model
 
 
-def _model_input(model: COSDD, image, axes: str) -> tuple[D.Layout, np.ndarray]:
-    """Check an image against a model; return its layout and its (N, C, *spatial) float32 stack."""
+def check_model_input(model: COSDD, image, axes: str) -> D.Layout:
+    """Check an image against a model (values, axes, dimensionality, channels); return its layout.
+    Raises InputError with a message that says what to do."""
     image = np.asarray(image)
     D.check_values(image)
     layout = D.make_layout(image, axes, model.config.spatial_dims)
@@ -142,7 +143,13 @@ def _model_input(model: COSDD, image, axes: str) -> tuple[D.Layout, np.ndarray]:
             f"the model expects {model.config.in_channels} channel(s) but the image has {layout.n_channels}; "
             "pick the matching model or set the channel axis (C) correctly"
         )
-    return layout, layout.to_engine(image)
+    return layout
+
+
+def _model_input(model: COSDD, image, axes: str) -> tuple[D.Layout, np.ndarray]:
+    """Check an image against a model; return its layout and its (N, C, *spatial) float32 stack."""
+    layout = check_model_input(model, image, axes)
+    return layout, layout.to_engine(np.asarray(image))
 
 
 class _Runner:

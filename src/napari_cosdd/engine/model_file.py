@@ -61,6 +61,10 @@ def save_model(model: COSDD, path: str | os.PathLike, extra: dict | None = None)
     os.close(fd)
     try:
         torch.save(payload, tmp)
+        # mkstemp makes the file private (0600); give it the permissions a plain new file would get.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

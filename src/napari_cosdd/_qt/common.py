@@ -1,0 +1,218 @@
+"""Pieces the widgets share: layer lists that stay in sync, axes defaults, output layers, messages."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import traceback
+
+import numpy as np
+from napari.layers import Image
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QComboBox, QFileDialog, QLabel, QWidget
+
+log = logging.getLogger("napari_cosdd")
+
+OOM_ADVICE = ("The GPU ran out of memory. Use smaller crops or a smaller batch for training, or a smaller tile "
+              "size for denoising, or choose the CPU device.")
+
+
+class LayerCombo(QComboBox):
+    """A drop-down of the viewer's layers of some types that follows additions, removals and renames."""
+
+    def __init__(self, viewer, layer_types=(Image,), none_text: str | None = None, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.viewer = viewer
+        self.layer_types = layer_types
+        self.none_text = none_text
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removed.connect(self.reset_choices)
+        viewer.layers.events.moved.connect(self.reset_choices)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.reset_choices)
+        self.reset_choices()
+
+    def _on_inserted(self, event=None) -> None:
+        if event is not None and getattr(event, "value", None) is not None:
+            event.value.events.name.connect(self.reset_choices)
+        self.reset_choices()
+
+    def reset_choices(self, event=None) -> None:
+        current = self.currentText()
+        self.blockSignals(True)
+        self.clear()
+        if self.none_text is not None:
+            self.addItem(self.none_text)
+        for layer in self.viewer.layers:
+            if isinstance(layer, self.layer_types):
+                self.addItem(layer.name)
+        index = self.findText(current)
+        if index < 0:  # no choice yet (or it is gone): the selected layer, else the top one
+            active = self.viewer.layers.selection.active
+            if active is not None and isinstance(active, self.layer_types):
+                index = self.findText(active.name)
+            elif self.count() and self.none_text is None:
+                inputs = [layer.name for layer in self.viewer.layers
+                          if isinstance(layer, self.layer_types) and is_likely_input(layer)]
+                index = self.findText(inputs[-1]) if inputs else self.count() - 1
+        self.setCurrentIndex(index if index >= 0 else (0 if self.count() else -1))
+        self.blockSignals(False)
+        self.currentIndexChanged.emit(self.currentIndex())
+
+    def current_layer(self):
+        name = self.currentText()
+        if not name or name == self.none_text or name not in self.viewer.layers:
+            return None
+        return self.viewer.layers[name]
+
+
+def is_likely_input(layer) -> bool:
+    """False for layers the plugin made and for the samples' ground truth: never picked by default."""
+    meta = getattr(layer, "metadata", {}) or {}
+    return not (meta.get("cosdd_output") or meta.get("ground_truth"))
+
+
+def default_input(viewer):
+    """The layer a user most likely means: the selected image, else the top image that is an input."""
+    active = viewer.layers.selection.active
+    if isinstance(active, Image) and is_likely_input(active):
+        return active
+    inputs = [layer for layer in viewer.layers if isinstance(layer, Image) and is_likely_input(layer)]
+    return inputs[-1] if inputs else None
+
+
+def default_axes(layer, spatial_dims: int = 2) -> str:
+    """Axes of an image layer's data when nothing else is known: frames (T) or Z before Y, X.
+
+    napari keeps channels in separate layers, so a layer has no C axis unless the user says so.
+    Sample metadata (napari-cosdd's own samples) name their axes.
+    """
+    named = layer.metadata.get("axes") if hasattr(layer, "metadata") else None
+    ndim = layer.data.ndim
+    if isinstance(named, str) and len(named) == ndim:
+        return named
+    if spatial_dims == 3:
+        return {3: "ZYX", 4: "TZYX", 5: "STZYX"}.get(ndim, "S" * max(ndim - 3, 0) + "ZYX")
+    return {2: "YX", 3: "TYX", 4: "TZYX", 5: "STZYX"}.get(ndim, "S" * max(ndim - 2, 0) + "YX")
+
+
+def check_image_layer(layer) -> str | None:
+    """Why a layer cannot be used as a noisy image, or None when it can."""
+    if layer is None:
+        return "Choose an image layer (open one, or File > Open Sample > napari-cosdd)."
+    if not isinstance(layer, Image):
+        return f"'{layer.name}' is a {type(layer).__name__.lower()} layer; choose an image layer."
+    if layer.rgb:
+        return (f"'{layer.name}' is an RGB image; COSDD needs raw intensities. Split the colour channels "
+                "(right-click the layer > Split RGB) and choose one.")
+    if min(layer.data.shape[-2:]) < 2:
+        return f"'{layer.name}' is only {min(layer.data.shape[-2:])} pixel(s) wide; choose a real image."
+    return None
+
+
+def layer_array(layer) -> np.ndarray:
+    """The layer's data as an in-memory numpy array (the highest resolution of a multiscale layer)."""
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    return np.asarray(data)
+
+
+def put_layer(viewer, data: np.ndarray, name: str, like=None, **kwargs):
+    """Update the layer called `name` in place, or add it; take scale and translate from `like`
+    (a layer or a dict), prepending 1 / 0 for extra leading axes (posterior samples)."""
+    if like is not None:
+        scale = list(like["scale"] if isinstance(like, dict) else like.scale)
+        translate = list(like["translate"] if isinstance(like, dict) else like.translate)
+        extra = data.ndim - len(scale)
+        kwargs.setdefault("scale", [1.0] * extra + scale[max(-extra, 0):])
+        kwargs.setdefault("translate", [0.0] * extra + translate[max(-extra, 0):])
+    kwargs.setdefault("metadata", {})
+    kwargs["metadata"] = {**kwargs["metadata"], "cosdd_output": True}
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if isinstance(layer, Image) and layer.data.ndim == data.ndim:
+            layer.data = data
+            for key in ("scale", "translate"):
+                if key in kwargs:
+                    setattr(layer, key, kwargs[key])
+            if "contrast_limits" in kwargs:
+                layer.contrast_limits = kwargs["contrast_limits"]
+            else:
+                layer.reset_contrast_limits()
+            return layer
+        viewer.layers.remove(layer)
+    return viewer.add_image(data, name=name, **kwargs)
+
+
+class WorkFailed(Exception):
+    """An error raised inside a worker, carried out of it.
+
+    superqt's generator worker treats a RuntimeError from the generator as a sign that Qt objects
+    are gone: it only warns, and never emits `errored` or `finished`, so the buttons would stay
+    disabled. torch's errors (out of memory included) are RuntimeErrors, so every error is wrapped.
+    """
+
+    def __init__(self, original: BaseException) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def guarded(gen, cancel: threading.Event | None = None):
+    """Drive an engine generator inside a worker: yield its events, return its value, close it as
+    soon as `cancel` is set (so its clean-up, e.g. freeing GPU memory, runs now), wrap its errors."""
+    try:
+        while True:
+            if cancel is not None and cancel.is_set():
+                gen.close()
+                return None
+            try:
+                event = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield event
+    except Exception as exc:
+        raise WorkFailed(exc) from exc
+
+
+def describe_error(exc: BaseException) -> str:
+    """A message for the user: what went wrong and what to do. Unexpected errors go to the log."""
+    from ..engine.data import InputError
+    from ..engine.model_file import ModelFileError
+
+    if isinstance(exc, WorkFailed):
+        exc = exc.original
+    name = type(exc).__name__
+    if "OutOfMemoryError" in name or "out of memory" in str(exc).lower():
+        return OOM_ADVICE
+    if isinstance(exc, (InputError, ModelFileError, ValueError)):
+        return str(exc)
+    if name == "TrainingError":
+        return f"Training stopped: {exc}"
+    log.error("napari-cosdd: unexpected error\n%s", "".join(traceback.format_exception(exc)))
+    return f"Unexpected error ({name}: {exc}). Details are in the log."
+
+
+def report(status: QLabel, message: str, level: str = "info") -> None:
+    """Show a message in the widget's status line and as a napari notification."""
+    status.setText(message)
+    status.setStyleSheet("color: #e06c5a;" if level == "error" else "")
+    {"error": show_error, "warning": show_warning}.get(level, show_info)(message)
+
+
+MODEL_FILTER = "COSDD model (*.cosdd);;All files (*)"
+
+
+def ask_model_path(parent: QWidget) -> str:
+    """A file dialog for a model file; '' when cancelled."""
+    path, _ = QFileDialog.getOpenFileName(parent, "Load COSDD model", "", MODEL_FILTER)
+    return path
+
+
+def load_model_or_report(path, status: QLabel):
+    """The model in `path`, or None after telling the user why it cannot be opened."""
+    from ..engine.model_file import load_model
+
+    try:
+        return load_model(path)
+    except Exception as exc:  # noqa: BLE001 - a message, never a traceback
+        report(status, describe_error(exc), "error")
+        return None

@@ -1,0 +1,329 @@
+"""Denoise widget: run a model on an image layer (direct or sampled) into named output layers."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+from napari.layers import Image
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt.utils import create_worker
+
+from .common import (
+    LayerCombo,
+    ask_model_path,
+    check_image_layer,
+    default_axes,
+    describe_error,
+    guarded,
+    layer_array,
+    load_model_or_report,
+    put_layer,
+    report,
+)
+from .plots import ProfilePlot
+from .session import session_for
+
+SESSION_KEY = "session"
+PRETRAINED_KEY = "pretrained:stripes"
+
+
+class DenoiseWidget(QWidget):
+    """Model + image layer + method -> `<src>_cosdd_<output>` layers, with progress and Cancel."""
+
+    def __init__(self, napari_viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.worker = None
+        self._cancel = threading.Event()
+        self._models: dict[str, object] = {}
+
+        self.model_combo = QComboBox()
+        self.model_combo.setToolTip("The model trained or loaded in this session, the shipped model for the "
+                                    "stripes sample, or a model file.")
+        self.load_button = QPushButton("Load model...")
+        self.load_button.clicked.connect(self._load_dialog)
+        self.image_combo = LayerCombo(napari_viewer, (Image,))
+        self.method = QComboBox()
+        self.method.addItems(["direct", "sample"])
+        self.method.currentTextChanged.connect(self._method_changed)
+        self.n_samples = QSpinBox()
+        self.n_samples.setRange(1, 10_000)
+        self.n_samples.setValue(100)
+        self.want_mean = QCheckBox("mean")
+        self.want_mean.setChecked(True)
+        self.want_variance = QCheckBox("variance and std")
+        self.want_variance.setChecked(True)
+        self.want_median = QCheckBox("median")
+        self.want_samples = QCheckBox("posterior samples")
+        self.tile = QSpinBox()
+        self.tile.setRange(0, 8192)
+        self.tile.setSingleStep(64)
+        self.tile.setSpecialValueText("automatic")
+        self.denoise_button = QPushButton("Denoise")
+        self.denoise_button.clicked.connect(self.start)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.clicked.connect(self.cancel)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.noise_button = QPushButton("Generate noise sample")
+        self.noise_button.setToolTip("Draw new noise from the model around the current plane's signal and "
+                                     "compare its autocorrelation with the real noise's.")
+        self.noise_button.clicked.connect(self.generate_noise)
+        self.noise_profiles = ProfilePlot()
+        self.noise_profiles.setVisible(False)
+        self.noise_summary = QLabel("")
+        self.noise_summary.setWordWrap(True)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        model_row = QHBoxLayout()
+        model_row.addWidget(self.model_combo, 1)
+        model_row.addWidget(self.load_button)
+        outputs = QVBoxLayout()
+        for box in (self.want_mean, self.want_variance, self.want_median, self.want_samples):
+            outputs.addWidget(box)
+        form = QFormLayout()
+        form.addRow("model", model_row)
+        form.addRow("image", self.image_combo)
+        form.addRow("method", self.method)
+        form.addRow("samples", self.n_samples)
+        form.addRow("outputs", outputs)
+        form.addRow("tile size", self.tile)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.denoise_button)
+        buttons.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.noise_button)
+        layout.addWidget(self.noise_profiles)
+        layout.addWidget(self.noise_summary)
+        layout.addStretch()
+
+        self.session.model_changed.connect(self._refresh_models)
+        self._refresh_models()
+        self._method_changed(self.method.currentText())
+        self._set_running(False)
+
+    # ------------------------------------------------------------------ models
+
+    def _refresh_models(self, *args) -> None:
+        current = self.model_combo.currentData()
+        self.model_combo.blockSignals(True)
+        self.model_combo.clear()
+        if self.session.model is not None:
+            self.model_combo.addItem(f"this session: {self.session.model_description}", SESSION_KEY)
+        self.model_combo.addItem("shipped: stripes sample model", PRETRAINED_KEY)
+        for key in self._models:
+            if key.startswith("file:"):
+                self.model_combo.addItem(Path(key[5:]).name, key)
+        keys = [self.model_combo.itemData(i) for i in range(self.model_combo.count())]
+        newest = SESSION_KEY if (args and self.session.model is not None) else current
+        self.model_combo.setCurrentIndex(keys.index(newest) if newest in keys else 0)
+        self.model_combo.blockSignals(False)
+
+    def current_model(self):
+        """The chosen model, loaded on first use; raises ModelFileError for a bad file."""
+        from ..engine.model_file import load_model
+
+        key = self.model_combo.currentData()
+        if key == SESSION_KEY:
+            return self.session.model
+        if key not in self._models:
+            from .._sample_data import pretrained_model_path
+
+            self._models[key] = load_model(pretrained_model_path() if key == PRETRAINED_KEY else key[5:])
+        return self._models[key]
+
+    def load_model_from(self, path) -> bool:
+        """Add a model file to the list and select it (a bad file: a message, nothing changes)."""
+        model = load_model_or_report(path, self.status)
+        if model is None:
+            return False
+        key = f"file:{path}"
+        self._models[key] = model
+        self._refresh_models()
+        self.model_combo.setCurrentIndex(self.model_combo.findData(key))
+        report(self.status, f"Loaded {Path(path).name} (orientation {model.config.orientation}).")
+        return True
+
+    def _load_dialog(self) -> None:
+        path = ask_model_path(self)
+        if path:
+            self.load_model_from(path)
+
+    def reset_choices(self, event=None) -> None:
+        self.image_combo.reset_choices()
+
+    # ------------------------------------------------------------------ denoising
+
+    def _method_changed(self, method: str) -> None:
+        sampled = method == "sample"
+        for w in (self.n_samples, self.want_mean, self.want_variance, self.want_median, self.want_samples):
+            w.setEnabled(sampled)
+
+    def _prepare(self):
+        """(model, layer, data, axes) for the current choices, or None after reporting the problem."""
+        layer = self.image_combo.current_layer()
+        problem = check_image_layer(layer)
+        if problem:
+            report(self.status, problem, "error")
+            return None
+        try:
+            model = self.current_model()
+        except Exception as exc:  # noqa: BLE001
+            report(self.status, describe_error(exc), "error")
+            return None
+        if model is None:
+            report(self.status, "Choose a model: train one, load a file, or use the shipped stripes model.", "error")
+            return None
+        axes = default_axes(layer, model.config.spatial_dims)
+        return model, layer, layer_array(layer), axes
+
+    def start(self) -> None:
+        if self.worker is not None:
+            return
+        prepared = self._prepare()
+        if prepared is None:
+            return
+        model, layer, data, axes = prepared
+        sampled = self.method.currentText() == "sample"
+        options = dict(method=self.method.currentText(), n_samples=self.n_samples.value(),
+                       variance=sampled and self.want_variance.isChecked(),
+                       median=sampled and self.want_median.isChecked(),
+                       keep_samples=sampled and self.want_samples.isChecked(),
+                       tile=self.tile.value() or None, device="auto", seed=0)
+        try:  # check the layer against the model before starting a thread (values, channels, dimensions)
+            from ..engine.inference import check_model_input
+
+            check_model_input(model, data, axes)
+        except Exception as exc:  # noqa: BLE001
+            report(self.status, describe_error(exc), "error")
+            return
+        # Everything the results need is captured now: deleting the layer meanwhile is harmless.
+        self._job = dict(source=layer.name, like={"scale": list(layer.scale), "translate": list(layer.translate)},
+                         want_mean=not sampled or self.want_mean.isChecked())
+        from ..engine.inference import denoise_iter
+
+        self._cancel = threading.Event()
+        # Errors are ours to report (as messages): _ignore_errors keeps superqt from re-raising them.
+        self.worker = create_worker(guarded, denoise_iter(model, data, axes, **options), self._cancel,
+                                    _start_thread=False, _ignore_errors=True)
+        self.worker.yielded.connect(self._on_progress)
+        self.worker.returned.connect(self._on_result)
+        self.worker.errored.connect(lambda exc: report(self.status, describe_error(exc), "error"))
+        self.worker.finished.connect(self._on_finished)
+        self.destroyed.connect(self._cancel.set)
+        self._set_running(True)
+        self.progress.setValue(0)
+        report(self.status, f"Denoising '{layer.name}' ({options['method']})...")
+        self.worker.start()
+
+    def cancel(self) -> None:
+        """Stop at the next tile; the source layer and existing outputs stay as they were."""
+        if self.worker is not None:
+            self._cancel.set()
+            self.status.setText("Cancelling...")
+
+    def _on_progress(self, ev) -> None:
+        self.progress.setValue(int(1000 * ev.fraction))
+        if ev.message:
+            self.status.setText(ev.message)
+
+    def _on_result(self, result) -> None:
+        if result is None:  # cancelled
+            return
+        job = self._job
+        src, like = job["source"], job["like"]
+        names = []
+        if result.direct is not None:
+            names.append(self._put(result.direct, f"{src}_cosdd_direct", like))
+        if result.mean is not None and job["want_mean"]:
+            names.append(self._put(result.mean, f"{src}_cosdd_mean", like))
+        if result.variance is not None:
+            names.append(self._put(result.variance, f"{src}_cosdd_variance", like, colormap="magma"))
+            names.append(self._put(result.std, f"{src}_cosdd_std", like, colormap="magma", visible=False))
+        if result.median is not None:
+            names.append(self._put(result.median, f"{src}_cosdd_median", like))
+        if result.samples is not None:
+            names.append(self._put(result.samples, f"{src}_cosdd_samples", like))
+        report(self.status, "Done: " + ", ".join(names) + ".")
+
+    def _put(self, data: np.ndarray, name: str, like: dict, **kwargs) -> str:
+        put_layer(self.viewer, data, name, like=like, **kwargs)
+        return name
+
+    def _on_finished(self) -> None:
+        if self._cancel.is_set():
+            report(self.status, "Cancelled; no layer was changed.")
+        self.worker = None
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self.denoise_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.noise_button.setEnabled(not running)
+        self.load_button.setEnabled(not running)
+
+    # ------------------------------------------------------------------ noise check
+
+    def _current_plane(self, layer, data: np.ndarray, spatial_dims: int) -> np.ndarray:
+        """The plane (or volume) of a stack that the viewer shows now."""
+        leading = data.ndim - spatial_dims
+        if leading <= 0:
+            return data
+        position = layer.world_to_data(self.viewer.dims.point)
+        index = tuple(int(np.clip(round(p), 0, s - 1)) for p, s in zip(position[:leading], data.shape[:leading]))
+        return data[index]
+
+    def generate_noise(self) -> None:
+        from ..engine.noise_check import check_noise
+
+        prepared = self._prepare()
+        if prepared is None:
+            return
+        model, layer, data, axes = prepared
+        try:
+            plane = self._current_plane(layer, data, model.config.spatial_dims)
+            spatial_axes = "ZYX" if model.config.spatial_dims == 3 else "YX"
+            result = check_noise(model, plane, spatial_axes, device="auto")
+        except Exception as exc:  # noqa: BLE001
+            report(self.status, describe_error(exc), "error")
+            return
+        generated = result.generated[0]
+        offset = [(s - g) // 2 for s, g in zip(plane.shape, generated.shape)]
+        scale = list(layer.scale)[-generated.ndim:]
+        translate = [t + o * sc for t, o, sc in zip(list(layer.translate)[-generated.ndim:], offset, scale)]
+        put_layer(self.viewer, generated, f"{layer.name}_cosdd_generated_noise", scale=scale, translate=translate)
+        profiles, dashed = {}, set()
+        for a in result.real_autocorrelation.profiles:
+            profiles[f"real, along {a}"] = result.real_autocorrelation.profiles[a]
+            profiles[f"generated, along {a}"] = result.generated_autocorrelation.profiles[a]
+            dashed.add(f"generated, along {a}")
+        self.noise_profiles.set_profiles(profiles, dashed)
+        self.noise_profiles.setVisible(True)
+        self.noise_summary.setText(result.summary().splitlines()[-1])
+        self.last_noise_check = result
+        report(self.status, f"Generated noise added as '{layer.name}_cosdd_generated_noise'; the plot compares "
+                            "its autocorrelation (dashed) with the real noise's.")
+
+    def closeEvent(self, event) -> None:
+        if self.worker is not None:
+            self._cancel.set()
+        super().closeEvent(event)

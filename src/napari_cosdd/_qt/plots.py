@@ -1,0 +1,117 @@
+"""Live plots drawn with pyqtgraph: the training losses, and autocorrelation profiles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from qtpy.QtWidgets import QCheckBox, QHBoxLayout, QVBoxLayout, QWidget
+
+# (event part, loss name, label, colour, dashed)
+LOSS_CURVES = (
+    ("train", "elbo", "train ELBO", "#4c9be8", False),
+    ("val", "elbo", "validation ELBO", "#f0a030", False),
+    ("val", "signal", "signal decoder (val)", "#59c27a", True),
+    ("val", "direct", "Direct Denoiser (val)", "#d0d0d0", True),
+)
+
+
+def _plot_widget(height: int) -> pg.PlotWidget:
+    plot = pg.PlotWidget(background=None)
+    plot.setMinimumHeight(height)
+    plot.showGrid(x=True, y=True, alpha=0.2)
+    plot.addLegend(offset=(-5, 5), labelTextSize="8pt")
+    return plot
+
+
+class LossPlot(QWidget):
+    """Training and validation losses against the step; a log-scale switch."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.plot = _plot_widget(180)
+        self.plot.setLabel("bottom", "step")
+        self.plot.setLabel("left", "loss (nats/pixel)")
+        self.log_scale = QCheckBox("log scale")
+        self.log_scale.toggled.connect(self._set_log)
+        self.curves = {}
+        self.points: dict[tuple[str, str], tuple[list, list]] = {}
+        for part, key, label, colour, dashed in LOSS_CURVES:
+            pen = pg.mkPen(colour, width=2, style=pg.QtCore.Qt.PenStyle.DashLine if dashed else None)
+            self.curves[(part, key)] = self.plot.plot([], [], name=label, pen=pen)
+            self.points[(part, key)] = ([], [])
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot)
+        row = QHBoxLayout()
+        row.addStretch()
+        row.addWidget(self.log_scale)
+        layout.addLayout(row)
+
+    def _set_log(self, on: bool) -> None:
+        self.plot.setLogMode(y=on)
+
+    def add_event(self, ev) -> None:
+        """Add the losses of a training event (train every step event, validation when it has one).
+
+        The log scale needs positive values: the ELBO can be negative, so points <= 0 are left out
+        of a curve while the log scale is on (they stay in the data)."""
+        sources = {"train": ev.train if ev.kind in ("step", "validation") else None,
+                   "val": ev.val if ev.kind in ("validation", "done") else None}
+        for (part, key), (xs, ys) in self.points.items():
+            values = sources[part]
+            if not values or key not in values:
+                continue
+            if xs and xs[-1] == ev.step:
+                continue
+            xs.append(ev.step)
+            ys.append(float(values[key]))
+        self._redraw()
+
+    def _redraw(self) -> None:
+        for key, curve in self.curves.items():
+            xs, ys = self.points[key]
+            x, y = np.asarray(xs, float), np.asarray(ys, float)
+            if self.log_scale.isChecked():
+                keep = y > 0
+                x, y = x[keep], y[keep]
+            curve.setData(x, y)
+
+    def clear(self) -> None:
+        for xs, ys in self.points.values():
+            xs.clear()
+            ys.clear()
+        self._redraw()
+
+    def point_count(self) -> int:
+        return sum(len(xs) for xs, _ in self.points.values())
+
+
+class ProfilePlot(QWidget):
+    """Correlation against lag for several named profiles (e.g. along x and y, real and generated)."""
+
+    COLOURS = ("#4c9be8", "#f0a030", "#59c27a", "#d0d0d0", "#c678dd", "#e06c5a")
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.plot = _plot_widget(150)
+        self.plot.setLabel("bottom", "lag (pixels)")
+        self.plot.setLabel("left", "correlation")
+        self.plot.addLine(y=0, pen=pg.mkPen("#888888", width=1))
+        self.curves: dict[str, pg.PlotDataItem] = {}
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot)
+
+    def set_profiles(self, profiles: dict[str, np.ndarray], dashed: set[str] = frozenset()) -> None:
+        for curve in self.curves.values():
+            self.plot.removeItem(curve)
+        self.curves.clear()
+        legend = self.plot.plotItem.legend
+        if legend is not None:
+            legend.clear()
+        for i, (name, values) in enumerate(profiles.items()):
+            style = pg.QtCore.Qt.PenStyle.DashLine if name in dashed else pg.QtCore.Qt.PenStyle.SolidLine
+            pen = pg.mkPen(self.COLOURS[i % len(self.COLOURS)], width=2, style=style)
+            self.curves[name] = self.plot.plot(np.arange(len(values)), np.asarray(values, float), name=name,
+                                               pen=pen, symbol="o", symbolSize=4,
+                                               symbolBrush=self.COLOURS[i % len(self.COLOURS)])
