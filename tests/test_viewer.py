@@ -49,3 +49,15 @@ def test_widgets_dock_and_the_shipped_model_denoises_the_sample(make_napari_view
     assert np.mean((out - clean) ** 2) < 0.5 * np.mean((noisy - clean) ** 2)
     shot = viewer.screenshot(str(tmp_path / "window.png"), canvas_only=False)
     assert shot.ndim == 3 and shot.shape[0] > 300 and shot[..., :3].std() > 5  # a real, drawn window
+
+
+def test_cli_demo_opens_the_sample_with_the_widgets_docked(qtbot):
+    from napari_cosdd.cli import _demo_gui
+
+    viewer = _demo_gui(lambda text: None, block=False)
+    try:
+        assert "stripes (noisy)" in viewer.layers
+        docked = [name for name in viewer.window.dock_widgets if "napari-cosdd" in name]
+        assert len(docked) == 3, docked
+    finally:
+        viewer.close()

@@ -417,22 +417,21 @@ def cmd_demo(args, say) -> int:
     return 0
 
 
-def _demo_gui(say) -> int:
+def _demo_gui(say, block: bool = True):
+    """napari with the stripes sample and the three widgets docked; returns the viewer when not blocking."""
     try:
         import napari
     except ImportError as err:  # pragma: no cover - napari is a dependency
         raise UsageError(f"napari cannot be imported ({err}); run 'napari-cosdd demo --headless'") from None
-    from .engine.synthetic import make_dataset
 
     viewer = napari.Viewer(title="napari-cosdd demo")
-    noisy, clean = make_dataset("stripes", n_images=1, shape=(512, 512), seed=0)
-    viewer.add_image(clean[0], name="stripes clean (ground truth)", visible=False)
-    viewer.add_image(noisy[0], name="stripes noisy")
+    viewer.open_sample("napari-cosdd", "stripes")
     for widget in ("Noise", "Train", "Denoise"):
-        try:
-            viewer.window.add_plugin_dock_widget("napari-cosdd", widget)
-        except Exception as err:  # the widget is missing from this installation's manifest
-            say(f"note: the {widget} widget could not be docked ({err})")
+        viewer.window.add_plugin_dock_widget("napari-cosdd", widget)
+    say("napari-cosdd demo: the stripes sample is open; try Noise > Compute, then Denoise with the shipped "
+        "model, or Train")
+    if not block:
+        return viewer
     napari.run()
     return 0
 
