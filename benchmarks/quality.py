@@ -37,6 +37,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--override", default="{}", help='JSON of ModelConfig fields, e.g. {"features": 32}')
+    p.add_argument("--train-override", default="{}", help='JSON of TrainConfig fields, e.g. {"lr_patience": 50}')
     p.add_argument("--save", default=None, help="write the trained model here")
     p.add_argument("--resume", default=None, help="continue training this model file")
     args = p.parse_args()
@@ -45,7 +46,7 @@ def main() -> None:
     noisy, clean = make_dataset("stripes", n_images=args.images, shape=(args.size, args.size), seed=args.seed)
     cfg = C.TrainConfig(max_minutes=args.minutes, max_steps=args.steps, crop_size=args.crop,
                         batch_size=args.batch, learning_rate=args.lr, seed=args.seed, threads=args.threads,
-                        device="cpu")
+                        device="cpu", **json.loads(args.train_override))
     if args.resume:
         trainer = Trainer(noisy, "SYX", model=load_model(args.resume), train_config=cfg)
     else:
@@ -55,7 +56,7 @@ def main() -> None:
     for ev in trainer.fit():
         if ev.kind in ("validation", "done"):
             val = ev.val or {}
-            print(f"step {ev.step:5d}  {ev.elapsed:6.0f}s  val elbo {val.get('elbo', float('nan')):.4f}  "
+            print(f"step {ev.step:5d}  {ev.elapsed:6.0f}s  lr {ev.lr:.1e}  val elbo {val.get('elbo', float('nan')):.4f}  "
                   f"kl {val.get('kl', float('nan')):.4f}  signal {val.get('signal', float('nan')):.4f}  "
                   f"direct {val.get('direct', float('nan')):.4f}", flush=True)
     train_s = time.perf_counter() - t0

@@ -147,3 +147,16 @@ def test_outcome_cpu_model_denoises_stripes(stripes_cpu_model):
     print(f"gain {gain:+.2f} dB; excess row autocorrelation {before} -> {after}")
     assert gain > 3.0, f"direct output only {gain:+.2f} dB over the noisy input"
     assert np.all(after <= before / 2), f"row correlation not halved: {before} -> {after}"
+
+
+def test_one_plateau_schedule_sets_every_learning_rate():
+    """The ELBO's plateau rule lowers the signal decoder's and Direct Denoiser's rates with its own:
+    their validation losses are measured against random posterior samples and are too noisy to
+    schedule on."""
+    params = {k: [torch.nn.Parameter(torch.zeros(1))] for k in ("elbo", "signal", "direct")}
+    optimisers = {k: torch.optim.Adamax(p, lr=2e-3) for k, p in params.items()}
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimisers["elbo"], factor=0.1, patience=0)
+    Trainer._follow_schedule(scheduler, optimisers, 1.0)
+    assert all(o.param_groups[0]["lr"] == pytest.approx(2e-3) for o in optimisers.values())
+    Trainer._follow_schedule(scheduler, optimisers, 1.0)  # no improvement: the rate drops, for all
+    assert all(o.param_groups[0]["lr"] == pytest.approx(2e-4) for o in optimisers.values())

@@ -75,7 +75,8 @@ def test_sample_to_noise_to_training_to_layers_to_model_file(viewer, widgets, qt
     assert ac.data.shape == (51, 51) and ac.data[25, 25] == pytest.approx(1.0)
     low, high = ac.contrast_limits
     assert low == -high and 0.3 < high < 1.0  # centred at 0, scaled to the correlation off lag 0
-    assert tuple(ac.translate) == (-25.0, -25.0)
+    assert tuple(ac.translate) == (-25.0, -25.0)  # world coordinates are the lags
+    assert tuple(ac.axis_labels) == ("lag y", "lag x")
     train.orientation.setCurrentText("none")
     noise.use_button.click()
     assert train.orientation.currentText() == "x"

@@ -125,6 +125,7 @@ class NoiseWidget(QWidget):
         limit = float(max(off_centre.max(), 0.05))
         put_layer(self.viewer, result.autocorrelation, f"{layer.name}_cosdd_autocorrelation",
                   colormap="PiYG", contrast_limits=(-limit, limit), translate=(-lag, -lag), scale=(1.0, 1.0),
+                  axis_labels=("lag y", "lag x"),
                   metadata={"cosdd": "noise autocorrelation", "axes": "lag y, lag x", "max_lag": lag})
         self.suggestion.setText(f"Suggested orientation: {result.orientation}")
         self.reason.setText(result.reason[0].upper() + result.reason[1:] + ".")
