@@ -404,3 +404,22 @@ def test_napari_stays_responsive_while_training_on_the_cpu(viewer, qtbot):
           f"p95 {1e3 * p95:.1f} ms, max {1e3 * max(delays):.1f} ms")
     assert len(delays) > 20
     assert p95 < 0.2
+
+
+def test_a_3d_model_takes_the_stack_as_a_volume(qtbot, tmp_path):
+    """A volumetric model (orientation z) denoises the ZYX sample as one volume, not plane by plane."""
+    viewer = ViewerModel()
+    for data, kwargs, _ in stripes_stack_sample():
+        viewer.add_image(data, **kwargs)
+    volumetric = COSDD(ModelConfig(spatial_dims=3, orientation="z", levels=2, features=8, latent_channels=4,
+                                   ar_filters=8, ar_dilations=(1,), downsampling=(0, 1)))
+    save_model(volumetric, tmp_path / "volume.cosdd")
+    denoise = DenoiseWidget(viewer)
+    qtbot.addWidget(denoise)
+    assert denoise.load_model_from(tmp_path / "volume.cosdd")
+    choose(denoise.image_combo, "stripes stack (noisy)")
+    denoise.tile.setValue(64)
+    denoise.denoise_button.click()
+    wait_idle(qtbot, denoise)
+    out = viewer.layers["stripes stack (noisy)_cosdd_direct"].data
+    assert out.shape == (16, 128, 128) and np.isfinite(out).all()
