@@ -17,6 +17,21 @@ OOM_ADVICE = ("The GPU ran out of memory. Use smaller crops or a smaller batch f
               "size for denoising, or choose the CPU device.")
 
 
+def follow_layers(viewer, callback) -> None:
+    """Call `callback` whenever a layer is added, removed, moved or renamed (new layers included)."""
+
+    def on_inserted(event=None) -> None:
+        if event is not None and getattr(event, "value", None) is not None:
+            event.value.events.name.connect(callback)
+        callback()
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    viewer.layers.events.removed.connect(callback)
+    viewer.layers.events.moved.connect(callback)
+    for layer in viewer.layers:
+        layer.events.name.connect(callback)
+
+
 class LayerCombo(QComboBox):
     """A drop-down of the viewer's layers of some types that follows additions, removals and renames."""
 
@@ -25,16 +40,7 @@ class LayerCombo(QComboBox):
         self.viewer = viewer
         self.layer_types = layer_types
         self.none_text = none_text
-        viewer.layers.events.inserted.connect(self._on_inserted)
-        viewer.layers.events.removed.connect(self.reset_choices)
-        viewer.layers.events.moved.connect(self.reset_choices)
-        for layer in viewer.layers:
-            layer.events.name.connect(self.reset_choices)
-        self.reset_choices()
-
-    def _on_inserted(self, event=None) -> None:
-        if event is not None and getattr(event, "value", None) is not None:
-            event.value.events.name.connect(self.reset_choices)
+        follow_layers(viewer, self.reset_choices)
         self.reset_choices()
 
     def reset_choices(self, event=None) -> None:

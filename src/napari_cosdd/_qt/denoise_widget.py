@@ -319,7 +319,6 @@ class DenoiseWidget(QWidget):
         self.noise_profiles.set_profiles(profiles, dashed)
         self.noise_profiles.setVisible(True)
         self.noise_summary.setText(result.summary().splitlines()[-1])
-        self.last_noise_check = result
         report(self.status, f"Generated noise added as '{layer.name}_cosdd_generated_noise'; the plot compares "
                             "its autocorrelation (dashed) with the real noise's.")
 

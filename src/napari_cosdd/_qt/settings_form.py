@@ -58,16 +58,6 @@ class SettingsForm(QWidget):
                                     else str(default))
         return edit
 
-    def set_value(self, name: str, value) -> None:
-        """Show a value in an editor (used when a loaded model brings its settings)."""
-        _, _, editor = self.editors[name]
-        if isinstance(editor, QCheckBox):
-            editor.setChecked(bool(value))
-        elif isinstance(editor, QComboBox):
-            editor.setCurrentText(str(value))
-        else:
-            editor.setText(" ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value))
-
     def values(self, cls) -> dict:
         """Parsed values of `cls`'s fields that differ from the engine default; ValueError names the field."""
         out = {}

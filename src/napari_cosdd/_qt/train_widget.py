@@ -34,6 +34,7 @@ from .common import (
     default_axes,
     default_input,
     describe_error,
+    follow_layers,
     guarded,
     layer_array,
     load_model_or_report,
@@ -126,10 +127,7 @@ class TrainWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch()
 
-        napari_viewer.layers.events.inserted.connect(self._on_layer_inserted)
-        napari_viewer.layers.events.removed.connect(self.reset_choices)
-        for layer in napari_viewer.layers:
-            layer.events.name.connect(self.reset_choices)
+        follow_layers(napari_viewer, self.reset_choices)
         self.session.orientation_chosen.connect(self.set_orientation)
         self.session.model_changed.connect(self._on_session_model)
         self.reset_choices()
@@ -144,11 +142,6 @@ class TrainWidget(QWidget):
             self.device.addItem(f"{name}: {description}", name)
         first = self.device.itemData(0)
         self.preset.setCurrentText(DEFAULT_PRESET_GPU if str(first).startswith("cuda") else DEFAULT_PRESET_CPU)
-
-    def _on_layer_inserted(self, event=None) -> None:
-        if event is not None and getattr(event, "value", None) is not None:
-            event.value.events.name.connect(self.reset_choices)
-        self.reset_choices()
 
     def reset_choices(self, event=None) -> None:
         """Rebuild the layer list from the viewer, keeping the ticks of layers that are still there."""
