@@ -101,6 +101,7 @@ def test_resume_continues_and_refuses_another_orientation(capsys, data_dir, cli_
         (["{d}/stack.tif", "--steps", "0x"], "invalid int"),
         (["{d}/stack.tif", "--preset", "huge"], "unknown preset"),
         (["{d}/stack.tif", "--crop-size", "4"], "crop_size"),
+        (["{d}/stack.tif", "--optimizer", "sgd"], "invalid choice"),
     ],
 )
 def test_train_errors_are_one_line_with_status_2(capsys, data_dir, tmp_path, extra, words):

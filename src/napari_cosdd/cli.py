@@ -180,8 +180,10 @@ def _add_field_flag(group, f: dataclasses.Field, text: str) -> None:
         nargs = 2 if f.name == "clip_outliers" else "+"
         group.add_argument(flag, type=kind, nargs=nargs, default=None, metavar="N", help=text + shown)
     else:
+        from .engine.config import FIELD_CHOICES
+
         kind = NONE_DEFAULT_TYPES.get(f.name) or type(default)
-        group.add_argument(flag, type=kind, default=None, help=text + shown)
+        group.add_argument(flag, type=kind, default=None, choices=FIELD_CHOICES.get(f.name), help=text + shown)
 
 
 def _collect(args, cls, skip: set[str]) -> dict:

@@ -10,9 +10,8 @@ import dataclasses
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLineEdit, QWidget
 
-from ..engine.config import FIELD_HELP
+from ..engine.config import FIELD_CHOICES, FIELD_HELP
 
-CHOICES = {"direct_loss": ("mse", "l1")}
 # Fields edited elsewhere in the Train widget or set from the data.
 SHOWN_ELSEWHERE = {"max_steps", "max_minutes", "device", "in_channels", "spatial_dims", "orientation"}
 NULLABLE_TYPES = {"threads": int, "clip_outliers": float, "seed": int}
@@ -45,9 +44,9 @@ class SettingsForm(QWidget):
             box = QCheckBox()
             box.setChecked(default)
             return box
-        if f.name in CHOICES:
+        if f.name in FIELD_CHOICES:
             combo = QComboBox()
-            combo.addItems(CHOICES[f.name])
+            combo.addItems(FIELD_CHOICES[f.name])
             combo.setCurrentText(str(default))
             return combo
         edit = QLineEdit()

@@ -9,6 +9,7 @@ from typing import Any
 
 ORIENTATIONS = ("x", "y", "z", "none")
 DIRECT_LOSSES = ("mse", "l1")
+OPTIMIZERS = ("adam", "adamax")
 
 
 @dataclass
@@ -141,8 +142,9 @@ class TrainConfig:
     batch_size: int = 4
     max_steps: int | None = 2000
     max_minutes: float | None = None
+    optimizer: str = "adam"
     learning_rate: float = 2e-3
-    lr_patience: int = 8            # validations without improvement before the lr is reduced
+    lr_patience: int = 4            # validations without improvement before the lr is reduced
     lr_factor: float = 0.1
     min_lr: float = 1e-6
     early_stopping_patience: int = 25   # validations without improvement before stopping
@@ -150,6 +152,7 @@ class TrainConfig:
     val_fraction: float = 0.1
     val_crops: int = 16             # fixed validation crops (the same every validation)
     grad_clip: float = 10.0
+    direct_average: float = 0.99    # decay of the averaged Direct Denoiser weights kept (0 = the last ones)
     max_nonfinite: int = 20         # consecutive non-finite losses before training gives up
     seed: int | None = 0
     device: str = "auto"
@@ -169,6 +172,10 @@ class TrainConfig:
             raise ValueError("val_fraction must be between 0 and 1")
         if self.learning_rate <= 0:
             raise ValueError("learning_rate must be positive")
+        if not 0 <= self.direct_average < 1:
+            raise ValueError("direct_average must be at least 0 and below 1 (0 keeps the last weights)")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -183,7 +190,8 @@ class TrainConfig:
 FIELD_HELP = {
     "crop_size": "side of the random training crops, pixels",
     "batch_size": "crops per step (per process when distributed)",
-    "learning_rate": "initial learning rate (Adamax)",
+    "optimizer": "adam, or adamax (the reference's choice)",
+    "learning_rate": "initial learning rate",
     "lr_patience": "validations without improvement before the learning rate drops",
     "lr_factor": "factor applied to the learning rate on a plateau",
     "min_lr": "lowest learning rate",
@@ -192,6 +200,7 @@ FIELD_HELP = {
     "val_fraction": "share of the data held out for validation",
     "val_crops": "number of fixed validation crops",
     "grad_clip": "gradient norm clip",
+    "direct_average": "decay of the moving average of the Direct Denoiser's weights (0 keeps the last)",
     "max_nonfinite": "non-finite losses in a row before training gives up",
     "bf16": "bf16 autocast on CUDA",
     "checkpointing": "activation checkpointing (less GPU memory, slower)",
@@ -210,14 +219,19 @@ FIELD_HELP = {
     "direct_denoiser": "train the Direct Denoiser U-Net alongside",
     "direct_loss": "mse: the Direct Denoiser gives the posterior mean; l1: the median",
 }
+# Settings that take one of a few words: the command line and the widgets offer exactly these.
+FIELD_CHOICES = {"direct_loss": DIRECT_LOSSES, "optimizer": OPTIMIZERS}
+
 # Presets name the network size; every field can still be overridden.
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds per run on a CPU: for tests and demos.
     "tiny": dict(levels=3, features=16, latent_channels=8, ar_filters=16, ar_dilations=(1, 2),
                  mixture_components=3, downsampling=(0, 1, 1)),
-    # The CPU default: the small model's 6 levels at half the width. On a 2-core CPU it takes twice
-    # the steps of "small" in the same time and denoises better after minutes (benchmarks.md).
-    "cpu": dict(levels=6, features=32, latent_channels=16, ar_filters=32, mixture_components=3),
+    # The CPU default: 4 levels at half the small model's width. With 64-px crops every level halves
+    # the resolution, so no latent level runs at full resolution: a step costs a third less than with
+    # 6 levels, and in 5 minutes on a 2-core CPU it denoised 1.5 dB better (benchmarks.md). With 3
+    # levels the latents collapsed.
+    "cpu": dict(levels=4, features=32, latent_channels=16, ar_filters=32, mixture_components=3),
     # The reference's small model: 6 levels, 64 features.
     "small": dict(levels=6, features=64, latent_channels=32, ar_filters=64, mixture_components=3),
     # The reference's default size.

@@ -53,11 +53,15 @@ class DistContext:
     def broadcast_buffers(self, module: nn.Module) -> None:
         """Copy rank 0's buffers (batch-norm running statistics) to every process. DDP syncs them only at
         the start of each forward, so after a step each process holds the statistics of its own crops."""
-        for buf in module.buffers():
-            if buf.is_floating_point() or buf.dtype in (torch.int64, torch.int32):
-                staged = buf.to(self._comm_device)
+        self.broadcast_tensors(module.buffers())
+
+    def broadcast_tensors(self, tensors) -> None:
+        """Overwrite each tensor, in place, with rank 0's values."""
+        for t in tensors:
+            if t.is_floating_point() or t.dtype in (torch.int64, torch.int32):
+                staged = t.to(self._comm_device)
                 dist.broadcast(staged, src=0)
-                buf.copy_(staged)
+                t.copy_(staged)
 
     def barrier(self) -> None:
         dist.barrier()
