@@ -115,7 +115,10 @@ def main(argv=None) -> int:
     size_mb = out.stat().st_size / 2**20
     print(f"saved {out} ({out.stat().st_size} bytes, {size_mb:.2f} MiB)")
 
-    (noisy, _, _), (clean, _, _) = stripes_sample()
+    # Pick the layers by their metadata, not their order (the ground truth comes first, so that napari
+    # puts the noisy layer on top).
+    layers = {bool(kwargs["metadata"].get("ground_truth")): data for data, kwargs, _ in stripes_sample()}
+    noisy, clean = layers[False], layers[True]
     start = time.perf_counter()
     direct = denoise(model, noisy, "YX", method="direct", device="cpu").direct
     seconds = time.perf_counter() - start
