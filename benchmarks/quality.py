@@ -33,7 +33,7 @@ def main() -> None:
     p.add_argument("--samples", type=int, nargs="*", default=[1, 10, 100])
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the engine's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--override", default="{}", help='JSON of ModelConfig fields, e.g. {"features": 32}')
@@ -44,9 +44,12 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     noisy, clean = make_dataset("stripes", n_images=args.images, shape=(args.size, args.size), seed=args.seed)
-    cfg = C.TrainConfig(max_minutes=args.minutes, max_steps=args.steps, crop_size=args.crop,
-                        batch_size=args.batch, learning_rate=args.lr, seed=args.seed, threads=args.threads,
-                        device="cpu", **json.loads(args.train_override))
+    settings = dict(max_minutes=args.minutes, max_steps=args.steps, crop_size=args.crop,
+                    batch_size=args.batch, seed=args.seed, threads=args.threads, device="cpu")
+    if args.lr is not None:
+        settings["learning_rate"] = args.lr
+    settings.update(json.loads(args.train_override))
+    cfg = C.TrainConfig(**settings)
     if args.resume:
         trainer = Trainer(noisy, "SYX", model=load_model(args.resume), train_config=cfg)
     else:
@@ -71,7 +74,7 @@ def main() -> None:
     for k in args.samples:
         res = denoise(model, x, "SYX", method="sample", n_samples=k, variance=False, device="cpu", seed=1)
         rows.append(("1 sample" if k == 1 else f"mean of {k}", res.mean))
-    print(f"\n# {args.preset} {json.loads(args.override)}  steps {trainer.steps_done}  train {train_s:.0f}s  "
+    print(f"\n# {args.preset} {json.loads(args.override)} {cfg.optimizer} lr {cfg.learning_rate:g}  steps {trainer.steps_done}  train {train_s:.0f}s  "
           f"{train_s / max(trainer.steps_done, 1):.3f} s/step  machine {platform.processor() or platform.machine()}"
           f" threads {args.threads}")
     base = None
