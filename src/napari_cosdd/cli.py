@@ -155,21 +155,21 @@ def _check_not_an_input(outputs: list[Path], inputs: list[Path]) -> None:
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
-    from .engine.config import FIELD_HELP, ModelConfig, TrainConfig
+    from .engine.config import FIELD_CHOICES, FIELD_HELP, ModelConfig, TrainConfig
 
     g = p.add_argument_group("training settings (defaults from the engine)")
     for f in dataclasses.fields(TrainConfig):
         if f.name in TRAIN_OWN_FLAGS:
             continue
-        _add_field_flag(g, f, FIELD_HELP.get(f.name, f.name))
+        _add_field_flag(g, f, FIELD_HELP.get(f.name, f.name), FIELD_CHOICES.get(f.name))
     g = p.add_argument_group("model settings (override the preset; ignored with --resume)")
     for f in dataclasses.fields(ModelConfig):
         if f.name in MODEL_FROM_DATA:
             continue
-        _add_field_flag(g, f, FIELD_HELP.get(f.name, f.name))
+        _add_field_flag(g, f, FIELD_HELP.get(f.name, f.name), FIELD_CHOICES.get(f.name))
 
 
-def _add_field_flag(group, f: dataclasses.Field, text: str) -> None:
+def _add_field_flag(group, f: dataclasses.Field, text: str, choices=None) -> None:
     flag = "--" + f.name.replace("_", "-")
     default = f.default
     shown = "" if default in (None, ()) else f" (default {default if not isinstance(default, tuple) else ' '.join(map(str, default))})"
@@ -180,10 +180,8 @@ def _add_field_flag(group, f: dataclasses.Field, text: str) -> None:
         nargs = 2 if f.name == "clip_outliers" else "+"
         group.add_argument(flag, type=kind, nargs=nargs, default=None, metavar="N", help=text + shown)
     else:
-        from .engine.config import FIELD_CHOICES
-
         kind = NONE_DEFAULT_TYPES.get(f.name) or type(default)
-        group.add_argument(flag, type=kind, default=None, choices=FIELD_CHOICES.get(f.name), help=text + shown)
+        group.add_argument(flag, type=kind, default=None, choices=choices, help=text + shown)
 
 
 def _collect(args, cls, skip: set[str]) -> dict:
