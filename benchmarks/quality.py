@@ -22,6 +22,27 @@ from napari_cosdd.engine.synthetic import excess_row_autocorrelation, make_datas
 from napari_cosdd.engine.train import Trainer
 
 
+def _train(args, noisy, cfg):
+    """Train as the arguments say, printing each validation; the model, its steps and seconds."""
+    if args.resume:
+        trainer = Trainer(noisy, "SYX", model=load_model(args.resume), train_config=cfg)
+    else:
+        trainer = Trainer(noisy, "SYX", preset=args.preset, orientation="x", train_config=cfg,
+                          **json.loads(args.override))
+    t0 = time.perf_counter()
+    for ev in trainer.fit():
+        if ev.kind in ("validation", "done"):
+            val = ev.val or {}
+            print(f"step {ev.step:5d}  {ev.elapsed:6.0f}s  lr {ev.lr:.1e}  val elbo {val.get('elbo', float('nan')):.4f}  "
+                  f"kl {val.get('kl', float('nan')):.4f}  signal {val.get('signal', float('nan')):.4f}  "
+                  f"direct {val.get('direct', float('nan')):.4f}", flush=True)
+    train_s = time.perf_counter() - t0
+    model = trainer.model
+    if args.save:
+        save_model(model, args.save)
+    return model, trainer.steps_done, train_s
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0)
@@ -40,6 +61,7 @@ def main() -> None:
     p.add_argument("--train-override", default="{}", help='JSON of TrainConfig fields, e.g. {"lr_patience": 50}')
     p.add_argument("--save", default=None, help="write the trained model here")
     p.add_argument("--resume", default=None, help="continue training this model file")
+    p.add_argument("--evaluate", default=None, help="score this model file without training")
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -50,22 +72,11 @@ def main() -> None:
         settings["learning_rate"] = args.lr
     settings.update(json.loads(args.train_override))
     cfg = C.TrainConfig(**settings)
-    if args.resume:
-        trainer = Trainer(noisy, "SYX", model=load_model(args.resume), train_config=cfg)
+    if args.evaluate:
+        model = load_model(args.evaluate)
+        steps, train_s = sum(h.get("steps", 0) for h in model.history), 0.0
     else:
-        trainer = Trainer(noisy, "SYX", preset=args.preset, orientation="x", train_config=cfg,
-                          **json.loads(args.override))
-    t0 = time.perf_counter()
-    for ev in trainer.fit():
-        if ev.kind in ("validation", "done"):
-            val = ev.val or {}
-            print(f"step {ev.step:5d}  {ev.elapsed:6.0f}s  lr {ev.lr:.1e}  val elbo {val.get('elbo', float('nan')):.4f}  "
-                  f"kl {val.get('kl', float('nan')):.4f}  signal {val.get('signal', float('nan')):.4f}  "
-                  f"direct {val.get('direct', float('nan')):.4f}", flush=True)
-    train_s = time.perf_counter() - t0
-    model = trainer.model
-    if args.save:
-        save_model(model, args.save)
+        model, steps, train_s = _train(args, noisy, cfg)
     n = args.eval_images
     x, gt = noisy[:n], clean[:n]
     rows = [("noisy input", x)]
@@ -74,15 +85,15 @@ def main() -> None:
     for k in args.samples:
         res = denoise(model, x, "SYX", method="sample", n_samples=k, variance=False, device="cpu", seed=1)
         rows.append(("1 sample" if k == 1 else f"mean of {k}", res.mean))
-    print(f"\n# {args.preset} {json.loads(args.override)} {cfg.optimizer} lr {cfg.learning_rate:g}  steps {trainer.steps_done}  train {train_s:.0f}s  "
-          f"{train_s / max(trainer.steps_done, 1):.3f} s/step  machine {platform.processor() or platform.machine()}"
+    print(f"\n# {args.preset} {json.loads(args.override)} {cfg.optimizer} lr {cfg.learning_rate:g}  steps {steps}  train {train_s:.0f}s  "
+          f"{train_s / max(steps, 1):.3f} s/step  machine {platform.processor() or platform.machine()}"
           f" threads {args.threads}")
     base = None
     for name, est in rows:
         score = float(np.mean([psnr(g, e) for g, e in zip(gt, est)]))
         base = score if base is None else base
         ac = excess_row_autocorrelation(est - gt)
-        print(f"{name:14s} PSNR {score:6.2f} dB  ({score - base:+5.2f})  excess row autocorr of the error "
+        print(f"{name:14s} PSNR {score:7.3f} dB  ({score - base:+6.3f})  excess row autocorr of the error "
               "(row - column), lags 1-3: " + " ".join(f"{a:+.3f}" for a in ac))
 
 

@@ -150,9 +150,9 @@ def test_outcome_cpu_model_denoises_stripes(stripes_cpu_model):
 
 
 def test_one_plateau_schedule_sets_every_learning_rate():
-    """The ELBO's plateau rule lowers the signal decoder's and Direct Denoiser's rates with its own:
-    their validation losses are measured against random posterior samples and are too noisy to
-    schedule on."""
+    """The ELBO's plateau rule lowers the signal decoder's rate (and, without a floor, the Direct
+    Denoiser's) with its own: their validation losses are measured against random posterior samples and
+    are too noisy to schedule on."""
     params = {k: [torch.nn.Parameter(torch.zeros(1))] for k in ("elbo", "signal", "direct")}
     optimisers = {k: torch.optim.Adam(p, lr=2e-3) for k, p in params.items()}
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimisers["elbo"], factor=0.1, patience=0)
@@ -160,6 +160,24 @@ def test_one_plateau_schedule_sets_every_learning_rate():
     assert all(o.param_groups[0]["lr"] == pytest.approx(2e-3) for o in optimisers.values())
     Trainer._follow_schedule(scheduler, optimisers, 1.0)  # no improvement: the rate drops, for all
     assert all(o.param_groups[0]["lr"] == pytest.approx(2e-4) for o in optimisers.values())
+
+
+def test_the_direct_denoisers_rate_keeps_its_floor():
+    """The Direct Denoiser's rate follows the ELBO's down to its floor and stays there while the VAE's
+    falls further; its target, the posterior, is still moving then. By default the floor is the initial
+    rate, so the Direct Denoiser keeps it (its weight average smooths the steps instead)."""
+    for share in (0.1, TrainConfig().direct_lr_floor):
+        params = {k: [torch.nn.Parameter(torch.zeros(1))] for k in ("elbo", "signal", "direct")}
+        optimisers = {k: torch.optim.Adam(p, lr=2e-3) for k, p in params.items()}
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimisers["elbo"], factor=0.1, patience=0)
+        for _ in range(4):  # 2e-3, then 2e-4, 2e-5, 2e-6 for the ELBO
+            Trainer._follow_schedule(scheduler, optimisers, 1.0, 2e-3 * share)
+        lrs = {k: o.param_groups[0]["lr"] for k, o in optimisers.items()}
+        assert lrs["elbo"] == pytest.approx(2e-6) and lrs["signal"] == pytest.approx(2e-6)
+        assert lrs["direct"] == pytest.approx(2e-3 * share)
+    assert TrainConfig().direct_lr_floor == 1.0
+    with pytest.raises(ValueError, match="direct_lr_floor"):
+        TrainConfig(direct_lr_floor=1.5)
 
 
 def test_the_optimiser_setting_is_used(stripes_small):

@@ -153,6 +153,7 @@ class TrainConfig:
     val_crops: int = 16             # fixed validation crops (the same every validation)
     grad_clip: float = 10.0
     direct_average: float = 0.99    # decay of the averaged Direct Denoiser weights kept (0 = the last ones)
+    direct_lr_floor: float = 1.0    # the Direct Denoiser's lr never falls below this share of learning_rate
     max_nonfinite: int = 20         # consecutive non-finite losses before training gives up
     seed: int | None = 0
     device: str = "auto"
@@ -174,6 +175,8 @@ class TrainConfig:
             raise ValueError("learning_rate must be positive")
         if not 0 <= self.direct_average < 1:
             raise ValueError("direct_average must be at least 0 and below 1 (0 keeps the last weights)")
+        if not 0 <= self.direct_lr_floor <= 1:
+            raise ValueError("direct_lr_floor must be between 0 and 1 (a share of learning_rate)")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
@@ -201,6 +204,7 @@ FIELD_HELP = {
     "val_crops": "number of fixed validation crops",
     "grad_clip": "gradient norm clip",
     "direct_average": "decay of the moving average of the Direct Denoiser's weights (0 keeps the last)",
+    "direct_lr_floor": "the Direct Denoiser's learning rate stays above this share of the initial one",
     "max_nonfinite": "non-finite losses in a row before training gives up",
     "bf16": "bf16 autocast on CUDA",
     "checkpointing": "activation checkpointing (less GPU memory, slower)",

@@ -224,14 +224,16 @@ class Trainer:
         return {k: v / n for k, v in sums.items()}
 
     @staticmethod
-    def _follow_schedule(scheduler, optimisers: dict, val_elbo: float) -> None:
-        """Step the ELBO's plateau schedule and give the other optimisers the same learning rate."""
+    def _follow_schedule(scheduler, optimisers: dict, val_elbo: float, direct_floor: float = 0.0) -> None:
+        """Step the ELBO's plateau schedule and give the other optimisers the same learning rate, except
+        that the Direct Denoiser's stays at or above ``direct_floor``: its target, the posterior, still
+        moves after the ELBO levels off, and it needs the steps to follow it."""
         scheduler.step(val_elbo)
         lr = optimisers["elbo"].param_groups[0]["lr"]
         for name, optimiser in optimisers.items():
             if name != "elbo":
                 for group in optimiser.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = max(lr, direct_floor) if name == "direct" else lr
 
     def _agreed_validation(self, average: WeightAverage | None = None) -> dict[str, float]:
         """Validation losses, averaged over the processes of a distributed run so that the learning-rate
@@ -356,7 +358,8 @@ class Trainer:
                     running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
                 if step % cfg.val_every == 0:
                     last_val = self._agreed_validation(average)
-                    self._follow_schedule(scheduler, optimisers, last_val["elbo"])
+                    self._follow_schedule(scheduler, optimisers, last_val["elbo"],
+                                         cfg.learning_rate * cfg.direct_lr_floor)
                     if last_val["elbo"] < best_val:
                         best_val, best_kl = last_val["elbo"], last_val["kl"]
                         best_state = _snapshot(model, average)
