@@ -135,9 +135,10 @@ def test_outcome_cpu_model_denoises_stripes(stripes_cpu_model):
     """Training the CPU preset for a short budget (300 steps) must clearly denoise row-correlated noise.
 
     Measured (2-core CPU, about 80 s): PSNR +4.1 dB over the noisy input with the first CPU preset and
-    Adamax, +6.4 dB with the 4-level preset and Adam. The margin asserted, +3 dB, fails for any model that does not denoise (the identity scores +0 dB, a model whose
-    latents collapsed scores about +0 to +1.5 dB). The "tiny" preset is too small to escape posterior
-    collapse in this budget, so the outcome is checked on the real CPU default instead (conftest).
+    Adamax, +6.4 dB with the 4-level preset and Adam. The margin asserted, +3 dB, fails for any model
+    that does not denoise (the identity scores +0 dB, a model whose latents collapsed scores about +0 to
+    +1.5 dB). The "tiny" preset is too small to escape posterior collapse in this budget, so the
+    outcome is checked on the real CPU default instead (conftest).
     """
     test_noisy, test_clean = make_dataset("stripes", n_images=2, shape=(128, 128), seed=99)
     out = denoise(stripes_cpu_model, test_noisy, "SYX", method="direct", device="cpu").direct
@@ -149,13 +150,20 @@ def test_outcome_cpu_model_denoises_stripes(stripes_cpu_model):
     assert np.all(after <= before / 2), f"row correlation not halved: {before} -> {after}"
 
 
+def _three_optimisers():
+    """One-parameter stand-ins for the ELBO's, the signal decoder's and the Direct Denoiser's optimisers
+    at lr 2e-3, and a plateau rule on the first that cuts by 10x at every validation without progress."""
+    params = {k: [torch.nn.Parameter(torch.zeros(1))] for k in ("elbo", "signal", "direct")}
+    optimisers = {k: torch.optim.Adam(p, lr=2e-3) for k, p in params.items()}
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimisers["elbo"], factor=0.1, patience=0)
+    return optimisers, scheduler
+
+
 def test_one_plateau_schedule_sets_every_learning_rate():
     """The ELBO's plateau rule lowers the signal decoder's rate (and, without a floor, the Direct
     Denoiser's) with its own: their validation losses are measured against random posterior samples and
     are too noisy to schedule on."""
-    params = {k: [torch.nn.Parameter(torch.zeros(1))] for k in ("elbo", "signal", "direct")}
-    optimisers = {k: torch.optim.Adam(p, lr=2e-3) for k, p in params.items()}
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimisers["elbo"], factor=0.1, patience=0)
+    optimisers, scheduler = _three_optimisers()
     Trainer._follow_schedule(scheduler, optimisers, 1.0)
     assert all(o.param_groups[0]["lr"] == pytest.approx(2e-3) for o in optimisers.values())
     Trainer._follow_schedule(scheduler, optimisers, 1.0)  # no improvement: the rate drops, for all
@@ -167,9 +175,7 @@ def test_the_direct_denoisers_rate_keeps_its_floor():
     falls further; its target, the posterior, is still moving then. By default the floor is the initial
     rate, so the Direct Denoiser keeps it (its weight average smooths the steps instead)."""
     for share in (0.1, TrainConfig().direct_lr_floor):
-        params = {k: [torch.nn.Parameter(torch.zeros(1))] for k in ("elbo", "signal", "direct")}
-        optimisers = {k: torch.optim.Adam(p, lr=2e-3) for k, p in params.items()}
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimisers["elbo"], factor=0.1, patience=0)
+        optimisers, scheduler = _three_optimisers()
         for _ in range(4):  # 2e-3, then 2e-4, 2e-5, 2e-6 for the ELBO
             Trainer._follow_schedule(scheduler, optimisers, 1.0, 2e-3 * share)
         lrs = {k: o.param_groups[0]["lr"] for k, o in optimisers.items()}
