@@ -47,6 +47,21 @@ def stripes_cpu_model():
     return trainer.model
 
 
+@pytest.fixture
+def collapsed_latents(monkeypatch):
+    """Every loss computation reports a zero KL, as a collapsed posterior (equal to the prior) would."""
+    from napari_cosdd.engine.model import COSDD
+
+    original = COSDD.losses
+
+    def collapsed(self, x):
+        out = original(self, x)
+        out["kl"] = out["kl"] * 0.0
+        return out
+
+    monkeypatch.setattr(COSDD, "losses", collapsed)
+
+
 def make_stripes(n=4, size=64, seed=0):
     noisy, clean = make_dataset("stripes", n_images=n, shape=(size, size), seed=seed)
     return noisy.astype(np.float32), clean

@@ -67,6 +67,18 @@ def test_train_picks_the_orientation_and_writes_a_model(capsys, data_dir, tmp_pa
     assert model.extra["axes"] == "TYX"
 
 
+def test_a_collapse_is_a_line_in_the_log_then_exit_1_and_no_model(capsys, data_dir, tmp_path, collapsed_latents):
+    """The guard's fresh start is one line of the log; the final collapse ends the command with status 1,
+    its advice, and no model file (a model whose latents died would only give flat images)."""
+    out = tmp_path / "m.cosdd"
+    code, _, err = run(capsys, "train", data_dir / "stack.tif", "--out", out, "--steps", 200,
+                       *TINY[:-4], "--val-every", "4", "--device", "cpu")
+    assert code == 1
+    assert "starting again from fresh weights" in err
+    assert "training failed: Training stopped: the latents collapsed" in err and "orientation" in err
+    assert not out.exists()
+
+
 def test_train_takes_glob_patterns_and_engine_settings(capsys, data_dir, tmp_path):
     out = tmp_path / "m.cosdd"
     code, _, err = run(capsys, "train", str(data_dir / "frame*.npy"), "--out", out, "--steps", 4,

@@ -30,9 +30,12 @@ def test_losses_and_outputs_have_the_right_shapes(dims, channels, orientation):
     shape = (2, channels) + ((16, 16, 16) if dims == 3 else (32, 32))
     x = torch.randn(shape)
     losses = model.losses(x)
+    kl_levels = losses.pop("kl_levels")
     assert set(losses) == {"elbo", "kl", "nll", "signal", "direct"}
     assert all(torch.isfinite(v) and v.dim() == 0 for v in losses.values())
     assert losses["kl"] >= 0
+    assert kl_levels.shape == (model.config.levels,) and torch.all(kl_levels >= 0)
+    assert float(kl_levels.sum()) == pytest.approx(float(losses["kl"]), rel=1e-5)
     model.eval()
     with torch.no_grad():
         assert model.direct(x).shape == shape
@@ -59,7 +62,7 @@ def test_prior_is_stationary_and_samples_at_any_size():
         assert code.shape[-2:] == size
         assert torch.isfinite(code).all()
     # The top prior has no spatial extent at all.
-    assert model.vae.top_prior_mean.shape == (model.config.latent_channels,)
+    assert model.vae.levels[-1].prior_mean.shape == (model.config.latent_channels,)
 
 
 def test_model_trained_on_small_crops_runs_on_a_large_odd_sized_image(tiny_model):

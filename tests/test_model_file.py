@@ -67,13 +67,23 @@ def test_non_model_files(tmp_path):
         load_model(tmp_path / "missing.cosdd")
 
 
-def test_newer_format_asks_for_an_upgrade(tiny_model, tmp_path):
-    path = save_model(tiny_model, tmp_path / "m.cosdd")
+def _saved_with_format(model, path, version):
+    path = save_model(model, path)
     payload = read_model_file(path)
-    payload["format_version"] = 99
+    payload["format_version"] = version
     torch.save(payload, path)
+    return path
+
+
+def test_newer_format_asks_for_an_upgrade(tiny_model, tmp_path):
     with pytest.raises(ModelFileError, match="Upgrade napari-cosdd"):
-        load_model(path)
+        load_model(_saved_with_format(tiny_model, tmp_path / "m.cosdd", 99))
+
+
+def test_older_format_asks_for_retraining(tiny_model, tmp_path):
+    """Files of the earlier, lighter networks cannot fill these ones: the message says to train again."""
+    with pytest.raises(ModelFileError, match="train the model again"):
+        load_model(_saved_with_format(tiny_model, tmp_path / "m.cosdd", 1))
 
 
 def test_saving_never_leaves_a_half_written_file(tiny_model, tmp_path, monkeypatch):

@@ -60,6 +60,23 @@ def choose(combo, name):
     assert combo.currentText() == name
 
 
+def test_a_collapse_is_said_in_the_status_and_the_model_is_kept_from_denoise(viewer, widgets, qtbot,
+                                                                             collapsed_latents):
+    """When the latents die (here: every validation sees a zero KL), the guard's warning and then its
+    stop message reach the status line, and the collapsed model never reaches the Denoise widget."""
+    _, train, denoise = widgets
+    choose(train.orientation, "x")
+    configure_tiny(train, steps=1000)
+    train.train_button.click()
+    qtbot.waitUntil(lambda: "fresh weights" in train.status.text() or train.worker is None, timeout=60_000)
+    first_message = train.status.text()
+    wait_idle(qtbot, train)
+    assert "starting again from fresh weights" in first_message
+    assert "latents collapsed" in train.status.text() and "orientation" in train.status.text()
+    assert train.model is None and denoise.model_combo.currentData() != "session"
+    assert train.train_button.isEnabled()
+
+
 # ------------------------------------------------------------------ the user's path, end to end
 
 
@@ -93,6 +110,10 @@ def test_sample_to_noise_to_training_to_layers_to_model_file(viewer, widgets, qt
     assert "stopped on request" in train.status.text()
     assert train.model is not None and train.model.history[-1]["reason"] == "stopped on request"
     assert denoise.model_combo.currentData() == "session"
+    # The KL of the latents is plotted under the losses: the total and one curve per level.
+    kl_steps, kl_values = train.loss_plot.kl_points["kl"]
+    assert kl_steps and all(v > 0 for v in kl_values)
+    assert set(train.loss_plot.kl_curves) == {"kl", "kl_0", "kl_1", "kl_2"}
 
     # Denoise direct, then sampled with N=4: the layers, their names, shapes and scale.
     choose(denoise.image_combo, SRC)

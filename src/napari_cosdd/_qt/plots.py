@@ -23,14 +23,31 @@ def _plot_widget(height: int) -> pg.PlotWidget:
     return plot
 
 
-class LossPlot(QWidget):
-    """Training and validation losses against the step; a log-scale switch."""
+KL_COLOURS = ("#c678dd", "#e06c5a", "#56b6c2", "#e5c07b", "#98c379", "#61afef")
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+
+class LossPlot(QWidget):
+    """Training and validation losses against the step, with a log-scale switch; below them the KL of
+    the latents (total and per level), on a log scale, with the line under which they count as dead.
+
+    A collapsed model can have a good ELBO; only the KL shows that its latents carry nothing."""
+
+    def __init__(self, parent: QWidget | None = None, collapse_kl: float | None = None) -> None:
         super().__init__(parent)
         self.plot = _plot_widget(180)
         self.plot.setLabel("bottom", "step")
         self.plot.setLabel("left", "loss (nats/pixel)")
+        self.kl_plot = _plot_widget(120)
+        self.kl_plot.setLabel("bottom", "step")
+        self.kl_plot.setLabel("left", "latent KL (nats/pixel)")
+        self.kl_plot.setLogMode(y=True)
+        self.kl_plot.setXLink(self.plot)
+        self.kl_curves: dict[str, pg.PlotDataItem] = {}
+        self.kl_points: dict[str, tuple[list, list]] = {}
+        self.collapse_line = None
+        if collapse_kl:
+            self.collapse_line = self.kl_plot.addLine(
+                y=float(np.log10(collapse_kl)), pen=pg.mkPen("#e06c5a", width=1, style=pg.QtCore.Qt.PenStyle.DotLine))
         self.log_scale = QCheckBox("log scale")
         self.log_scale.toggled.connect(self._set_log)
         self.curves = {}
@@ -42,6 +59,7 @@ class LossPlot(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.plot)
+        layout.addWidget(self.kl_plot)
         row = QHBoxLayout()
         row.addStretch()
         row.addWidget(self.log_scale)
@@ -65,7 +83,25 @@ class LossPlot(QWidget):
                 continue
             xs.append(ev.step)
             ys.append(float(values[key]))
+        if ev.kind == "validation" and ev.val:
+            self._add_kl(ev.step, ev.val)
         self._redraw()
+
+    def _add_kl(self, step: int, val: dict) -> None:
+        names = ["kl"] + sorted((k for k in val if k.startswith("kl_") and k[3:].isdigit()), key=lambda k: int(k[3:]))
+        for name in names:
+            if name not in self.kl_curves:
+                total = name == "kl"
+                colour = "#f0a030" if total else KL_COLOURS[int(name[3:]) % len(KL_COLOURS)]
+                label = "validation KL, total" if total else f"level {int(name[3:]) + 1}"
+                pen = pg.mkPen(colour, width=2 if total else 1,
+                               style=None if total else pg.QtCore.Qt.PenStyle.DashLine)
+                self.kl_curves[name] = self.kl_plot.plot([], [], name=label, pen=pen)
+                self.kl_points[name] = ([], [])
+            xs, ys = self.kl_points[name]
+            if not xs or xs[-1] != step:
+                xs.append(step)
+                ys.append(float(val[name]))
 
     def _redraw(self) -> None:
         for key, curve in self.curves.items():
@@ -75,9 +111,13 @@ class LossPlot(QWidget):
                 keep = y > 0
                 x, y = x[keep], y[keep]
             curve.setData(x, y)
+        for name, curve in self.kl_curves.items():
+            x, y = (np.asarray(v, float) for v in self.kl_points[name])
+            keep = y > 0  # log scale
+            curve.setData(x[keep], y[keep])
 
     def clear(self) -> None:
-        for xs, ys in self.points.values():
+        for xs, ys in list(self.points.values()) + list(self.kl_points.values()):
             xs.clear()
             ys.clear()
         self._redraw()

@@ -98,7 +98,7 @@ class TrainWidget(QWidget):
         self.progress.setRange(0, 1000)
         self.progress.setTextVisible(False)
         self.time_left = QLabel("")
-        self.loss_plot = LossPlot()
+        self.loss_plot = LossPlot(collapse_kl=TrainConfig().collapse_kl)
         self.status = QLabel("Choose noisy image layers, then Train.")
         self.status.setWordWrap(True)
 
@@ -276,7 +276,8 @@ class TrainWidget(QWidget):
         self._set_running(False)
         message = getattr(self, "_done_message", None)
         self._done_message = None
-        if trainer is not None and trainer.history and trainer.history[-1]["steps"] > 0:
+        # A model whose latents collapsed would only give flat images: it is not handed to Denoise.
+        if trainer is not None and trainer.history and trainer.history[-1]["steps"] > 0 and not trainer.collapsed:
             self.model = trainer.model
             best = trainer.history[-1].get("best_val_elbo")
             description = f"trained in this session on {', '.join(self._source_names)}"

@@ -74,15 +74,16 @@ class ARDecoder(nn.Module):
         kernel = k if self.sees_neighbours else 1
         width = c * w
         self.width = width
-        # The code enters every layer pair through a 1x1 convolution (same pixel only).
-        self.code_proj = nn.Conv2d(config.features, (1 + len(config.ar_dilations)) * width, 1)
-        self.first = CausalConv(c, width, kernel, groups=c, strict=True) if self.sees_neighbours else None
-        self.pairs = nn.ModuleList()
-        for d in config.ar_dilations:
-            self.pairs.append(nn.ModuleList([
-                CausalConv(width, width, kernel, dilation=d, groups=c),
-                nn.Conv2d(width, width, 1, groups=c),
-            ]))
+        blocks = len(config.ar_dilations)
+        # The code enters every block through a 1x1 convolution (same pixel only); one convolution makes
+        # all the blocks' shares at once.
+        self.code_proj = nn.Conv2d(config.features, blocks * width, 1)
+        # Each block: a causal convolution along the line plus the code, ReLU, a 1x1 convolution, added to
+        # the block's input. The first block sees only earlier pixels (strict) and starts the stream.
+        self.causal = nn.ModuleList(
+            CausalConv(c if i == 0 else width, width, kernel, dilation=d, groups=c, strict=(i == 0))
+            for i, d in enumerate(config.ar_dilations))
+        self.pointwise = nn.ModuleList(nn.Conv2d(width, width, 1, groups=c) for _ in config.ar_dilations)
         self.out = nn.Conv2d(width, c * 3 * self.components, 1, groups=c)
 
     @property
@@ -95,14 +96,15 @@ class ARDecoder(nn.Module):
         return self.code_proj(code_lines.contiguous(memory_format=torch.channels_last))
 
     def _net(self, x_lines: torch.Tensor | None, code_feats: torch.Tensor) -> torch.Tensor:
-        inject = code_feats.chunk(1 + len(self.pairs), dim=1)
-        h = inject[0]
-        if self.first is not None:
-            h = h + self.first(x_lines.contiguous(memory_format=torch.channels_last))
-        for p, (causal, pointwise) in enumerate(self.pairs):
-            u = causal(F.relu(h)) + inject[1 + p]
-            h = h + pointwise(F.relu(u))
-        return self.out(F.relu(h)).contiguous()
+        inject = code_feats.chunk(len(self.causal), dim=1)
+        if self.sees_neighbours:
+            h = x_lines.contiguous(memory_format=torch.channels_last)
+        else:  # orientation "none": the noise depends on the code alone, never on other pixels
+            h = torch.zeros_like(inject[0][:, : self.channels])
+        for i, (causal, pointwise) in enumerate(zip(self.causal, self.pointwise)):
+            u = pointwise(F.relu(causal(h) + inject[i]))
+            h = u if i == 0 else h + u
+        return self.out(h).contiguous()
 
     def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
         """Mixture parameters (B, C, 3, K, *spatial) for every pixel of x given the code."""

@@ -10,6 +10,7 @@ from typing import Any
 ORIENTATIONS = ("x", "y", "z", "none")
 DIRECT_LOSSES = ("mse", "l1")
 OPTIMIZERS = ("adam", "adamax")
+MERGES = ("block", "add")
 
 
 @dataclass
@@ -33,14 +34,23 @@ class ModelConfig:
         Latent channels per level (the reference uses features // 2).
     downsampling : tuple of int
         1 where a level halves the resolution, 0 where it keeps it; one entry per level.
+    latent_kernel : int
+        Kernel of the convolutions that give the posterior and prior parameters and map a latent
+        sample back to features (3 in the method; 1 is cheaper).
+    merge : str
+        How the bottom-up and top-down values meet, and the stochastic skip: "block" (a 1x1 convolution
+        and a gated residual block, as the method does) or "add" (a sum: faster, but see benchmarks.md).
     ar_filters, ar_kernel, ar_dilations : AR decoder width, 1-D kernel size and the dilation of each
-        residual pair (a causal convolution, then a 1x1 one). The defaults see 41 previous pixels.
+        block (a causal convolution plus the code, ReLU, a 1x1 convolution); the first block sees only
+        earlier pixels. The defaults see the 41 previous pixels, as the method's 4 pairs of blocks do.
     mixture_components : int
         Gaussians per pixel in the AR decoder's likelihood.
     min_scale : float
         Floor on the mixture scales in normalised units; keeps the likelihood finite.
     signal_decoder_layers : int
         Convolutions of the signal decoder.
+    signal_decoder_features : int or None
+        Width of the signal decoder's hidden layers (None: ``features``).
     direct_denoiser : bool
         Whether a Direct Denoiser U-Net is trained alongside.
     direct_loss : str
@@ -54,12 +64,15 @@ class ModelConfig:
     features: int = 64
     latent_channels: int = 32
     downsampling: tuple[int, ...] = ()
+    latent_kernel: int = 3
+    merge: str = "block"
     ar_filters: int = 64
     ar_kernel: int = 5
-    ar_dilations: tuple[int, ...] = (1, 2, 4, 2)
+    ar_dilations: tuple[int, ...] = (1, 1, 2, 1, 2, 1, 1, 1)
     mixture_components: int = 3
     min_scale: float = 1e-3
     signal_decoder_layers: int = 4
+    signal_decoder_features: int | None = None
     direct_denoiser: bool = True
     direct_loss: str = "mse"
 
@@ -78,6 +91,14 @@ class ModelConfig:
             raise ValueError(f"spatial_dims must be 2 or 3, got {self.spatial_dims}")
         if self.orientation == "z" and self.spatial_dims != 3:
             raise ValueError("orientation 'z' needs 3-D (Z, Y, X) data; use 'x', 'y' or 'none' for 2-D")
+        if self.merge not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {self.merge!r}")
+        if self.latent_kernel < 1 or self.latent_kernel % 2 == 0:
+            raise ValueError(f"latent_kernel must be a positive odd number, got {self.latent_kernel}")
+        if not self.ar_dilations or min(self.ar_dilations) < 1:
+            raise ValueError("ar_dilations needs at least one block, each dilation at least 1")
+        if self.signal_decoder_features is not None and self.signal_decoder_features < 1:
+            raise ValueError("signal_decoder_features must be at least 1 (or None for the features)")
         if self.direct_loss not in DIRECT_LOSSES:
             raise ValueError(f"direct_loss must be one of {DIRECT_LOSSES}, got {self.direct_loss!r}")
         for name in ("in_channels", "levels", "features", "latent_channels", "ar_filters",
@@ -101,7 +122,7 @@ class ModelConfig:
         """How many previous pixels along the noise axis the AR decoder sees."""
         if self.orientation == "none":
             return 0
-        return self.ar_kernel + (self.ar_kernel - 1) * sum(self.ar_dilations)
+        return self.ar_kernel + (self.ar_kernel - 1) * sum(self.ar_dilations[1:])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -142,7 +163,7 @@ class TrainConfig:
     batch_size: int = 4
     max_steps: int | None = 2000
     max_minutes: float | None = None
-    optimizer: str = "adam"
+    optimizer: str = "adamax"
     learning_rate: float = 2e-3
     lr_patience: int = 4            # validations without improvement before the lr is reduced
     lr_factor: float = 0.1
@@ -155,6 +176,9 @@ class TrainConfig:
     direct_average: float = 0.99    # decay of the averaged Direct Denoiser weights kept (0 = the last ones)
     direct_lr_floor: float = 1.0    # the Direct Denoiser's lr never falls below this share of learning_rate
     max_nonfinite: int = 20         # consecutive non-finite losses before training gives up
+    collapse_kl: float = 2e-4       # validation KL (nats/pixel) under which the latents count as dead
+    collapse_patience: int = 3      # validations in a row under it before the collapse guard acts
+    collapse_restarts: int = 1      # fresh starts (new seed) the guard makes before it stops training
     seed: int | None = 0
     device: str = "auto"
     bf16: bool = True               # bf16 autocast on CUDA only; CPU always trains in fp32
@@ -177,6 +201,8 @@ class TrainConfig:
             raise ValueError("direct_average must be at least 0 and below 1 (0 keeps the last weights)")
         if not 0 <= self.direct_lr_floor <= 1:
             raise ValueError("direct_lr_floor must be between 0 and 1 (a share of learning_rate)")
+        if self.collapse_kl < 0 or self.collapse_patience < 1 or self.collapse_restarts < 0:
+            raise ValueError("collapse_kl must be >= 0, collapse_patience >= 1 and collapse_restarts >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
 
@@ -193,7 +219,7 @@ class TrainConfig:
 FIELD_HELP = {
     "crop_size": "side of the random training crops, pixels",
     "batch_size": "crops per step (per process when distributed)",
-    "optimizer": "adam, or adamax (the reference's choice)",
+    "optimizer": "adamax (the reference's choice, the default) or adam",
     "learning_rate": "initial learning rate",
     "lr_patience": "validations without improvement before the learning rate drops",
     "lr_factor": "factor applied to the learning rate on a plateau",
@@ -206,6 +232,9 @@ FIELD_HELP = {
     "direct_average": "decay of the moving average of the Direct Denoiser's weights (0 keeps the last)",
     "direct_lr_floor": "the Direct Denoiser's learning rate stays above this share of the initial one",
     "max_nonfinite": "non-finite losses in a row before training gives up",
+    "collapse_kl": "validation KL (nats/pixel) under which the latents count as collapsed (0: no guard)",
+    "collapse_patience": "validations in a row under collapse_kl before the guard acts",
+    "collapse_restarts": "fresh starts with a new seed before training stops on a collapse",
     "bf16": "bf16 autocast on CUDA",
     "checkpointing": "activation checkpointing (less GPU memory, slower)",
     "threads": "CPU threads for torch",
@@ -216,7 +245,10 @@ FIELD_HELP = {
     "downsampling": "per level: 1 halves the resolution, 0 keeps it",
     "ar_filters": "AR decoder width",
     "ar_kernel": "AR decoder 1-D kernel size",
-    "ar_dilations": "AR decoder dilations, one per residual pair",
+    "ar_dilations": "AR decoder dilations, one per block",
+    "latent_kernel": "kernel of the latent (posterior, prior, sample) convolutions",
+    "merge": "block (as the method) or add (faster) where bottom-up and top-down meet",
+    "signal_decoder_features": "width of the signal decoder (default: features)",
     "mixture_components": "Gaussians per pixel in the noise likelihood",
     "min_scale": "floor on the mixture scales (normalised units)",
     "signal_decoder_layers": "convolutions of the signal decoder",
@@ -224,12 +256,12 @@ FIELD_HELP = {
     "direct_loss": "mse: the Direct Denoiser gives the posterior mean; l1: the median",
 }
 # Settings that take one of a few words: the command line and the widgets offer exactly these.
-FIELD_CHOICES = {"direct_loss": DIRECT_LOSSES, "optimizer": OPTIMIZERS}
+FIELD_CHOICES = {"direct_loss": DIRECT_LOSSES, "optimizer": OPTIMIZERS, "merge": MERGES}
 
 # Presets name the network size; every field can still be overridden.
 PRESETS: dict[str, dict[str, Any]] = {
     # Seconds per run on a CPU: for tests and demos.
-    "tiny": dict(levels=3, features=16, latent_channels=8, ar_filters=16, ar_dilations=(1, 2),
+    "tiny": dict(levels=3, features=16, latent_channels=8, ar_filters=16, ar_dilations=(1, 1, 2),
                  mixture_components=3, downsampling=(0, 1, 1)),
     # The CPU default: 4 levels at half the small model's width. With 64-px crops every level halves
     # the resolution, so no latent level runs at full resolution: a step costs a third less than with

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import ModelConfig
-from .layers import Downsample, GatedResidualBlock, Upsample, conv
+from .layers import Encoder, Merge, ResidualBlock, Upsample, conv
 
 _MIN_STD = 1e-4
 
@@ -25,35 +25,64 @@ def gaussian_kl(mu_q: torch.Tensor, std_q: torch.Tensor, mu_p: torch.Tensor, std
     return 0.5 * ((std_q * std_q + (mu_q - mu_p) ** 2) / (std_p * std_p) - 1.0) - log_ratio
 
 
+def _draw(mu: torch.Tensor, std: torch.Tensor, sample: bool) -> torch.Tensor:
+    return mu + std * torch.randn_like(std) if sample else mu
+
+
 class TopDownLevel(nn.Module):
-    """One level below the top: prior from the top-down value, posterior from bottom-up + top-down."""
+    """One level of the top-down pass.
 
-    def __init__(self, dims: int, features: int, latents: int) -> None:
+    Prior p(z | above) from the top-down value; posterior q(z | above, x) from the merge of the bottom-up
+    and top-down values; the sample is mapped back to features, merged with the top-down value (the
+    stochastic skip) and passed through a residual block, upsampled first where the level's bottom-up
+    side halved the resolution. The top level has a stationary learnable prior and takes q from the
+    bottom-up value alone.
+    """
+
+    def __init__(self, config: ModelConfig, upsample: bool, top: bool) -> None:
         super().__init__()
-        # One 1x1 convolution of the top-down value gives the prior's parameters and its share of
-        # merge(bottom-up, top-down); the bottom-up share is added (no concatenated copy).
-        self.from_td = conv(dims, features, 2 * latents + features, kernel=1)
-        self.merge_bu = conv(dims, features, features, kernel=1)
-        self.latents = latents
-        self.posterior = nn.Sequential(nn.Mish(), conv(dims, features, 2 * latents, kernel=1))
-        # Stochastic skip: the sample is projected and added to the top-down value.
-        self.skip = conv(dims, latents, features, kernel=1)
-        self.block = GatedResidualBlock(dims, features)
-
-    def forward(self, td: torch.Tensor, bu: torch.Tensor | None, sample: bool = True):
-        prior, merge_td = self.from_td(td).split([2 * self.latents, td.shape[1]], dim=1)
-        mu_p, raw_p = prior.chunk(2, dim=1)
-        std_p = _std(raw_p)
-        if bu is None:  # generating from the prior
-            mu_q, std_q = mu_p, std_p
-            kl = None
+        d, f, z, k = config.spatial_dims, config.features, config.latent_channels, config.latent_kernel
+        self.top = top
+        self.latents = z
+        self.posterior = conv(d, f, 2 * z, kernel=k)
+        if top:
+            self.prior_mean = nn.Parameter(torch.zeros(z))
+            self.prior_raw_std = nn.Parameter(torch.full((z,), math.log(math.e - 1)))  # softplus -> 1
         else:
-            mu_q, raw_q = self.posterior(self.merge_bu(bu) + merge_td).chunk(2, dim=1)
+            self.prior = conv(d, f, 2 * z, kernel=k)
+            self.merge = Merge(d, f, config.merge)
+            self.skip = Merge(d, f, config.merge)
+        self.from_latent = conv(d, z, f, kernel=k)
+        self.up = Upsample(d, f) if upsample else nn.Identity()
+        self.block = ResidualBlock(d, f)
+
+    def _prior(self, td: torch.Tensor | None, like_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.top:
+            view = (1, -1) + (1,) * (len(like_shape) - 2)
+            mean = self.prior_mean.view(view).expand(like_shape)
+            return mean, _std(self.prior_raw_std).view(view).expand(like_shape)
+        mu, raw = self.prior(td).chunk(2, dim=1)
+        return mu, _std(raw)
+
+    def forward(self, td: torch.Tensor | None, bu: torch.Tensor | None, sample: bool = True,
+                top_shape: tuple[int, ...] | None = None):
+        """Returns (features for the level below, element-wise KL or None when drawing from the prior)."""
+        if bu is not None:
+            q_in = bu if self.top else self.merge(bu, td)
+            mu_q, raw_q = self.posterior(q_in).chunk(2, dim=1)
             std_q = _std(raw_q)
+            mu_p, std_p = self._prior(td, tuple(mu_q.shape))
             kl = gaussian_kl(mu_q, std_q, mu_p, std_p)
-        z = mu_q + std_q * torch.randn_like(std_q) if sample else mu_q
-        td = td + self.skip(z)
-        return self.block(td), kl
+            z = _draw(mu_q, std_q, sample)
+        else:  # generating from the prior
+            shape = top_shape if self.top else (td.shape[0], self.latents) + tuple(td.shape[2:])
+            mu_p, std_p = self._prior(td, shape)
+            kl = None
+            z = _draw(mu_p, std_p, True)
+        h = self.from_latent(z)
+        if not self.top:
+            h = self.skip(h, td)
+        return self.block(self.up(h)), kl
 
 
 class LadderVAE(nn.Module):
@@ -65,20 +94,13 @@ class LadderVAE(nn.Module):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        d, f, z = config.spatial_dims, config.features, config.latent_channels
         self.config = config
         self.checkpointing = False
-        self.stem = conv(d, config.in_channels, f, kernel=3)
-        self.down = nn.ModuleList(Downsample(d, f) if flag else nn.Identity() for flag in config.downsampling)
-        self.bottom_up_blocks = nn.ModuleList(GatedResidualBlock(d, f) for _ in range(config.levels))
-        # Top level: posterior from the bottom-up value alone, stationary learnable prior.
-        self.top_posterior = conv(d, f, 2 * z, kernel=1)
-        self.top_prior_mean = nn.Parameter(torch.zeros(z))
-        self.top_prior_raw_std = nn.Parameter(torch.full((z,), math.log(math.e - 1)))  # softplus -> 1
-        self.top_project = conv(d, z, f, kernel=1)
-        self.top_block = GatedResidualBlock(d, f)
-        self.levels_td = nn.ModuleList(TopDownLevel(d, f, z) for _ in range(config.levels - 1))
-        self.up = nn.ModuleList(Upsample(d, f) if flag else nn.Identity() for flag in config.downsampling)
+        d, f = config.spatial_dims, config.features
+        self.encoder = Encoder(d, config.in_channels, f, config.downsampling)
+        self.levels = nn.ModuleList(
+            TopDownLevel(config, upsample=bool(flag), top=(i == config.levels - 1))
+            for i, flag in enumerate(config.downsampling))
         self.out = conv(d, f, f, kernel=1)
 
     def _run(self, module: nn.Module, *args):
@@ -86,38 +108,24 @@ class LadderVAE(nn.Module):
             return checkpoint(module, *args, use_reentrant=False)
         return module(*args)
 
-    def _top_prior(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        view = (1, -1) + (1,) * self.config.spatial_dims
-        mean = self.top_prior_mean.view(view).expand_as(like)
-        std = _std(self.top_prior_raw_std).view(view).expand_as(like)
-        return mean, std
-
     def bottom_up(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The deterministic pass: one stored value per level (shared by all posterior samples)."""
-        h = self.stem(x)
-        skips = []
-        for down, block in zip(self.down, self.bottom_up_blocks):
-            h = self._run(block, down(h))
-            skips.append(h)
-        return skips
+        return self.encoder(x, self._run)
 
     def top_down(self, skips: list[torch.Tensor], sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample z level by level given the bottom-up values; returns (code, KL per image in nats)."""
-        mu_q, raw_q = self.top_posterior(skips[-1]).chunk(2, dim=1)
-        std_q = _std(raw_q)
-        mu_p, std_p = self._top_prior(mu_q)
-        kl = gaussian_kl(mu_q, std_q, mu_p, std_p).flatten(1).sum(1)
-        z = mu_q + std_q * torch.randn_like(std_q) if sample else mu_q
-        td = self._run(self.top_block, self.top_project(z))
-        for i in range(self.config.levels - 2, -1, -1):
-            td = self.up[i + 1](td)
-            td, kl_i = self._run(self.levels_td[i], td, skips[i], sample)
-            kl = kl + kl_i.flatten(1).sum(1)
-        td = self.up[0](td)
-        return self.out(td), kl
+        """Sample z level by level given the bottom-up values.
+
+        Returns the code and the KL per image and level in nats, (B, levels), level 0 (finest) first.
+        """
+        td = None
+        kls = []
+        for i in range(self.config.levels - 1, -1, -1):
+            td, kl = self._run(self.levels[i], td, skips[i], sample)
+            kls.append(kl.flatten(1).sum(1))
+        return self.out(td), torch.stack(kls[::-1], dim=1)
 
     def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """x: (B, C, *spatial), normalised. Returns (code (B, F, *spatial), KL per image in nats)."""
+        """x: (B, C, *spatial), normalised. Returns (code (B, F, *spatial), KL (B, levels) in nats)."""
         return self.top_down(self.bottom_up(x), sample)
 
     @torch.no_grad()
@@ -127,10 +135,7 @@ class LadderVAE(nn.Module):
         if any(s % m for s in spatial_shape):
             raise ValueError(f"prior samples need sizes that are multiples of {m}, got {spatial_shape}")
         top_shape = (n, self.config.latent_channels) + tuple(s // m for s in spatial_shape)
-        mu_p, std_p = self._top_prior(torch.empty(top_shape, device=device))
-        z = mu_p + std_p * torch.randn(top_shape, device=device)
-        td = self.top_block(self.top_project(z))
-        for i in range(self.config.levels - 2, -1, -1):
-            td = self.up[i + 1](td)
-            td, _ = self.levels_td[i](td, None)
-        return self.out(self.up[0](td))
+        td = None
+        for i in range(self.config.levels - 1, -1, -1):
+            td, _ = self.levels[i](td, None, True, top_shape)
+        return self.out(td)

@@ -1,39 +1,65 @@
-"""Building blocks shared by the networks: N-d convolutions and the gated residual block."""
+"""Building blocks shared by the networks: N-d convolutions, the gated residual block, merges, resampling."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+MERGES = ("block", "add")
 
-def conv(dims: int, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Module:
+
+def conv(dims: int, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1,
+         padding_mode: str = "zeros") -> nn.Module:
     """A 2-D or 3-D convolution with 'same' padding for odd kernels."""
     cls = nn.Conv2d if dims == 2 else nn.Conv3d
-    return cls(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups)
+    return cls(c_in, c_out, kernel, stride=stride, padding=kernel // 2, groups=groups, padding_mode=padding_mode)
 
 
 def batch_norm(dims: int, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels) if dims == 2 else nn.BatchNorm3d(channels)
 
 
-class GatedResidualBlock(nn.Module):
-    """BatchNorm -> activation -> conv3, twice, then a 1x1 gate tanh(a) * sigmoid(b), added to the input.
+class ResidualBlock(nn.Module):
+    """BatchNorm -> Mish -> conv3, twice, optionally gated by a 1x1 tanh(a) * sigmoid(b), added to the input."""
 
-    The VAE uses Mish, as the method does; the Direct Denoiser uses SiLU, which is nearly the same
-    curve at a third of Mish's cost on CPU.
-    """
-
-    def __init__(self, dims: int, channels: int, activation: type[nn.Module] = nn.Mish) -> None:
+    def __init__(self, dims: int, channels: int, gated: bool = True) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            batch_norm(dims, channels), activation(), conv(dims, channels, channels),
-            batch_norm(dims, channels), activation(), conv(dims, channels, channels),
+            batch_norm(dims, channels), nn.Mish(), conv(dims, channels, channels),
+            batch_norm(dims, channels), nn.Mish(), conv(dims, channels, channels),
         )
-        self.gate = conv(dims, channels, 2 * channels, kernel=1)
+        self.gate = conv(dims, channels, 2 * channels, kernel=1) if gated else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a, b = self.gate(self.body(x)).chunk(2, dim=1)
-        return x + torch.tanh(a) * torch.sigmoid(b)
+        h = self.body(x)
+        if self.gate is not None:
+            a, b = self.gate(h).chunk(2, dim=1)
+            h = torch.tanh(a) * torch.sigmoid(b)
+        return x + h
+
+
+class Merge(nn.Module):
+    """Combine two feature maps of the same shape.
+
+    "block": a 1x1 convolution of both, then a gated residual block (what the method's ladder VAE does
+    where the bottom-up and top-down paths meet, and around the stochastic skip); "add": their sum, a
+    speed shortcut kept only as an option (it let the latents collapse on real data, docs/benchmarks.md).
+    """
+
+    def __init__(self, dims: int, channels: int, mode: str = "block") -> None:
+        super().__init__()
+        if mode not in MERGES:
+            raise ValueError(f"merge must be one of {MERGES}, got {mode!r}")
+        self.mode = mode
+        if mode == "block":
+            self.mix = conv(dims, 2 * channels, channels, kernel=1)
+            self.block = ResidualBlock(dims, channels)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.mode == "add":
+            return a + b
+        return self.block(self.mix(torch.cat([a, b], dim=1)))
 
 
 class Downsample(nn.Module):
@@ -48,12 +74,44 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Double the resolution with a stride-2 transposed convolution."""
+    """Double the resolution: linear interpolation, then a 1x1 convolution."""
 
     def __init__(self, dims: int, channels: int) -> None:
         super().__init__()
-        cls = nn.ConvTranspose2d if dims == 2 else nn.ConvTranspose3d
-        self.conv = cls(channels, channels, kernel_size=2, stride=2)
+        self.mode = "bilinear" if dims == 2 else "trilinear"
+        self.conv = conv(dims, channels, channels, kernel=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
+        return self.conv(F.interpolate(x, scale_factor=2, mode=self.mode, align_corners=False))
+
+
+class Stem(nn.Module):
+    """The first layers on the image: a 5x5 convolution, Mish and an ungated residual block."""
+
+    def __init__(self, dims: int, c_in: int, features: int) -> None:
+        super().__init__()
+        self.conv = conv(dims, c_in, features, kernel=5, padding_mode="replicate")
+        self.act = nn.Mish()
+        self.block = ResidualBlock(dims, features, gated=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.block(self.act(self.conv(x)))
+
+
+class Encoder(nn.Module):
+    """The bottom-up path shared in shape by the VAE and the Direct Denoiser: one value per level."""
+
+    def __init__(self, dims: int, c_in: int, features: int, downsampling: tuple[int, ...]) -> None:
+        super().__init__()
+        self.stem = Stem(dims, c_in, features)
+        self.down = nn.ModuleList(Downsample(dims, features) if f else nn.Identity() for f in downsampling)
+        self.blocks = nn.ModuleList(ResidualBlock(dims, features) for _ in downsampling)
+
+    def forward(self, x: torch.Tensor, run=None) -> list[torch.Tensor]:
+        run = run or (lambda module, *args: module(*args))
+        h = self.stem(x)
+        values = []
+        for down, block in zip(self.down, self.blocks):
+            h = run(block, down(h))
+            values.append(h)
+        return values

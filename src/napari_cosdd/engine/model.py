@@ -60,17 +60,20 @@ class COSDD(nn.Module):
     def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """All losses for a batch of normalised crops x (B, C, *spatial).
 
-        elbo = KL per pixel + mean negative log-likelihood (nats per pixel); the signal decoder and the
+        elbo = KL per pixel + mean negative log-likelihood (nats per pixel); ``kl_levels`` is the KL of
+        each level (finest first, detached) for watching the latents. The signal decoder and the
         Direct Denoiser see the code and the target with gradients stopped, so the three losses can be
         summed and back-propagated once while each still updates only its own networks.
         """
-        code, kl = self.vae(x)
+        code, kl_levels = self.vae(x)
         pixels = math.prod(x.shape[1:])
-        kl = (kl / pixels).mean()
+        kl_levels = (kl_levels / pixels).mean(0)  # nats per pixel, per level (finest first)
+        kl = kl_levels.sum()
         params = self.ar_decoder(x, code)
         nll = -self.ar_decoder.log_likelihood(x.float(), params.float()).mean()
         signal = self.signal_decoder(code.detach())
-        out = {"elbo": kl + nll, "kl": kl, "nll": nll, "signal": F.mse_loss(signal.float(), x.float())}
+        out = {"elbo": kl + nll, "kl": kl, "nll": nll, "signal": F.mse_loss(signal.float(), x.float()),
+               "kl_levels": kl_levels.detach()}
         if self.direct_denoiser is not None:
             pred = self.direct_denoiser(x).float()
             target = signal.detach().float()

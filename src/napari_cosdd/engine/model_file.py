@@ -19,7 +19,9 @@ from .config import ModelConfig
 from .model import COSDD
 
 FORMAT = "napari-cosdd-model"
-FORMAT_VERSION = 1
+# 2: the networks follow the method's ladder VAE (merge blocks, 3x3 latent convolutions, AR blocks);
+# files of format 1 hold the weights of the earlier, lighter networks and cannot be loaded into these.
+FORMAT_VERSION = 2
 
 
 class ModelFileError(ValueError):
@@ -95,6 +97,11 @@ def read_model_file(path: str | os.PathLike) -> dict:
             f"{path} was written by napari-cosdd {payload.get('package_version', '?')} in model format "
             f"{version}; this napari-cosdd ({_package_version()}) reads format {FORMAT_VERSION}. Upgrade napari-cosdd."
         )
+    if version < FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} was made by napari-cosdd {payload.get('package_version', '?')} (model format {version}), "
+            f"whose networks differ from this version's (format {FORMAT_VERSION}); train the model again on "
+            "the same images with this version")
     return payload
 
 

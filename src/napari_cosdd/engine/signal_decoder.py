@@ -13,15 +13,13 @@ class SignalDecoder(nn.Module):
     """conv3 + ReLU layers from the code to the image.
 
     Trained with MSE against the noisy image with the code's gradients stopped: for zero-mean noise
-    E[x | z] is the signal, so its output is the clean image implied by one latent sample. The hidden
-    layers are half as wide as the code: the top-down pass already did the spatial work, and these
-    full-resolution convolutions were a sixth of a CPU training step at full width.
+    E[x | z] is the signal, so its output is the clean image implied by one latent sample.
     """
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         d, f = config.spatial_dims, config.features
-        hidden = max(f // 2, 8)
+        hidden = config.signal_decoder_features or f
         layers: list[nn.Module] = []
         c_in = f
         for _ in range(config.signal_decoder_layers - 1):

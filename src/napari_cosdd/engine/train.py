@@ -18,9 +18,6 @@ from .device import autocast, free_memory, prepare_cpu, resolve_device
 from .model import COSDD
 
 LOSS_NAMES = ("elbo", "kl", "nll", "signal", "direct")
-# Below this KL (nats per pixel) the latents carry next to nothing: the posterior has collapsed onto the
-# prior and every output is close to a flat image. Working models measured here carry 0.03-0.06.
-COLLAPSED_KL = 1e-3
 
 
 class TrainingError(RuntimeError):
@@ -51,6 +48,48 @@ class TrainingEvent:
             return None
         total = self.elapsed + self.eta
         return 1.0 if total <= 0 else min(self.elapsed / total, 1.0)
+
+
+class CollapseGuard:
+    """Watches the validation KL while training runs and says when the latents have died.
+
+    A collapsed model (the posterior equal to the prior, so the AR decoder explains the whole image)
+    can have a good ELBO; its samples, their mean and the Direct Denoiser are all one flat image. The
+    guard acts after `patience` validations in a row under `threshold` nats per pixel: first by
+    restarting from fresh weights with another seed (up to `restarts` times), then by stopping with a
+    message. The threshold and the remedy are justified in docs/benchmarks.md.
+    """
+
+    def __init__(self, threshold: float, patience: int, restarts: int) -> None:
+        self.threshold = threshold
+        self.patience = patience
+        self.restarts_left = restarts
+        self.restarts_done = 0
+        self.low = 0
+
+    def check(self, val_kl: float) -> str | None:
+        """None while the latents live; "restart" or "stop" when they have collapsed."""
+        if self.threshold <= 0:
+            return None
+        self.low = self.low + 1 if val_kl < self.threshold else 0
+        if self.low < self.patience:
+            return None
+        self.low = 0
+        if self.restarts_left > 0:
+            self.restarts_left -= 1
+            self.restarts_done += 1
+            return "restart"
+        return "stop"
+
+
+def collapse_message(kl: float, step: int, restarts: int) -> str:
+    tried = f" after {restarts} fresh start{'s' if restarts != 1 else ''} with another seed" if restarts else ""
+    return (
+        f"Training stopped: the latents collapsed (KL {kl:.5f} nats per pixel at step {step}){tried}. The "
+        "model explains the images as noise alone, so its output would be a flat image. Check the "
+        "orientation in the Noise widget (or `napari-cosdd autocorr`); if it is right, try a larger preset "
+        "or a lower learning rate (and the 'adamax' optimizer if you changed it), and make sure the images "
+        "hold structure (a signal) beyond the noise.")
 
 
 class WeightAverage:
@@ -86,6 +125,17 @@ def _snapshot(model: COSDD, average: WeightAverage | None = None) -> dict[str, t
     if average is not None:
         state.update({f"direct_denoiser.{k}": v.detach().cpu().clone() for k, v in average.state.items()})
     return state
+
+
+def scalar_losses(losses: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Losses as plain floats; the per-level KL becomes kl_0 (finest level), kl_1, ..."""
+    out = {}
+    for k, v in losses.items():
+        if k == "kl_levels":
+            out.update({f"kl_{i}": float(x) for i, x in enumerate(v.detach().float().cpu())})
+        else:
+            out[k] = float(v.detach())
+    return out
 
 
 def _seed_everything(seed: int | None) -> None:
@@ -186,6 +236,7 @@ class Trainer:
         processes = self.dist.world_size if self.dist is not None else 1
         self.steps_per_epoch = max(1, math.ceil(train_pixels / (math.prod(crop) * self.cfg.batch_size * processes)))
         self._stop = threading.Event()
+        self.collapsed = False  # set when the collapse guard stopped training: the model is not usable
         self.steps_done = sum(h.get("steps", 0) for h in self.history)
 
     # ------------------------------------------------------------------ control
@@ -216,9 +267,9 @@ class Trainer:
             for start in range(0, len(self.val_crops), self.cfg.batch_size):
                 batch = self._to_device(self.val_crops[start:start + self.cfg.batch_size])
                 with autocast(self.device, self.cfg.bf16):
-                    losses = self.model.losses(batch)
+                    losses = scalar_losses(self.model.losses(batch))
                 for k, v in losses.items():
-                    sums[k] = sums.get(k, 0.0) + float(v) * len(batch)
+                    sums[k] = sums.get(k, 0.0) + v * len(batch)
                 n += len(batch)
         self.model.train()
         return {k: v / n for k, v in sums.items()}
@@ -245,6 +296,32 @@ class Trainer:
             self.dist.broadcast_tensors(average.state.values())
         return self.dist.mean(self.validate())
 
+    def _optimisation(self, groups: dict):
+        """Fresh optimisers (one per loss), the learning-rate schedule and the Direct Denoiser's average.
+
+        One plateau schedule, on the validation ELBO, sets every optimiser's learning rate. The signal
+        decoder's and the Direct Denoiser's own validation losses are measured against a random
+        posterior sample, so they jump from one validation to the next; a plateau rule on them cut the
+        Direct Denoiser's rate early and cost it 0.5 dB in 10-minute runs (docs/benchmarks.md)."""
+        cfg = self.cfg
+        optimiser_class = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}[cfg.optimizer]
+        optimisers = {k: optimiser_class(p, lr=cfg.learning_rate) for k, p in groups.items()}
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimisers["elbo"], factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
+        average = None
+        if self.model.direct_denoiser is not None and cfg.direct_average > 0:
+            average = WeightAverage(self.model.direct_denoiser, cfg.direct_average)
+        return optimisers, scheduler, average
+
+    @torch.no_grad()
+    def _reinitialise(self, seed: int) -> None:
+        """New random weights in place (the normalisation stays), drawn alike on every process."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = COSDD(self.model.config)
+        state = {k: v for k, v in fresh.state_dict().items() if k not in ("data_mean", "data_std")}
+        self.model.load_state_dict(state, strict=False)
+
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> Iterator[TrainingEvent]:
@@ -257,25 +334,15 @@ class Trainer:
         model.vae.checkpointing = cfg.checkpointing
         model.train()
         groups = model.parameter_groups()
-        optimiser_class = {"adam": torch.optim.Adam, "adamax": torch.optim.Adamax}[cfg.optimizer]
-        optimisers = {k: optimiser_class(p, lr=cfg.learning_rate) for k, p in groups.items()}
         if self.dist is not None:
             from .distributed import wrap
 
             compute_losses = wrap(model, self.dist)
         else:
             compute_losses = model.losses
-        # One plateau schedule, on the validation ELBO, sets every optimiser's learning rate. The signal
-        # decoder's and the Direct Denoiser's own validation losses are measured against a random
-        # posterior sample, so they jump from one validation to the next; a plateau rule on them cut the
-        # Direct Denoiser's rate early and cost it 0.5 dB in 10-minute runs (docs/benchmarks.md).
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimisers["elbo"], factor=cfg.lr_factor, patience=cfg.lr_patience, min_lr=cfg.min_lr)
+        optimisers, scheduler, average = self._optimisation(groups)
+        guard = CollapseGuard(cfg.collapse_kl, cfg.collapse_patience, cfg.collapse_restarts)
         best_val = math.inf
-        best_kl = None
-        average = None
-        if model.direct_denoiser is not None and cfg.direct_average > 0:
-            average = WeightAverage(model.direct_denoiser, cfg.direct_average)
         best_state = _snapshot(model, average)
         since_best = 0
         consecutive_bad = 0
@@ -353,20 +420,35 @@ class Trainer:
                     o.step()
                 if average is not None:
                     average.update()
-                for k, v in losses.items():
-                    v = float(v.detach())
+                for k, v in scalar_losses(losses).items():
                     running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
                 if step % cfg.val_every == 0:
                     last_val = self._agreed_validation(average)
                     self._follow_schedule(scheduler, optimisers, last_val["elbo"],
                                          cfg.learning_rate * cfg.direct_lr_floor)
                     if last_val["elbo"] < best_val:
-                        best_val, best_kl = last_val["elbo"], last_val["kl"]
+                        best_val = last_val["elbo"]
                         best_state = _snapshot(model, average)
                         since_best = 0
                     else:
                         since_best += 1
                     yield event("validation")
+                    verdict = guard.check(last_val["kl"])
+                    if verdict == "stop":
+                        finished_reason = "stopped: the latents collapsed"
+                        self.collapsed = True
+                        raise TrainingError(collapse_message(last_val["kl"], step, guard.restarts_done))
+                    if verdict == "restart":
+                        seed = (cfg.seed or 0) + 7 * guard.restarts_done
+                        self._reinitialise(seed)
+                        optimisers, scheduler, average = self._optimisation(groups)
+                        best_val, since_best = math.inf, 0
+                        best_state = _snapshot(model, average)
+                        yield event("warning", (
+                            f"The latents collapsed (KL {last_val['kl']:.5f} nats per pixel, under "
+                            f"{cfg.collapse_kl:g}, at step {step}): starting again from fresh weights with "
+                            f"seed {seed} (fresh start {guard.restarts_done} of {cfg.collapse_restarts})."))
+                        continue
                     if since_best >= cfg.early_stopping_patience:
                         finished_reason = "early stopping: validation ELBO stopped improving"
                         break
@@ -376,7 +458,7 @@ class Trainer:
             if step % cfg.val_every != 0 and step > 0:
                 last_val = self._agreed_validation(average)
                 if last_val["elbo"] < best_val:
-                    best_val, best_kl = last_val["elbo"], last_val["kl"]
+                    best_val = last_val["elbo"]
                     best_state = _snapshot(model, average)
         finally:
             model.load_state_dict(best_state)
@@ -391,11 +473,6 @@ class Trainer:
             model.history = self.history
             model.to("cpu")
             free_memory(self.device)
-        if best_kl is not None and best_kl < COLLAPSED_KL:
-            yield event("warning", (
-                f"The latents carry almost no information (KL {best_kl:.4f} nats per pixel): the model has "
-                "collapsed and its output is close to a flat image. Train again with another seed or a lower "
-                "learning rate, or train for longer."))
         yield event("done", finished_reason)
 
 
