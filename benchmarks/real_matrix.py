@@ -1,0 +1,177 @@
+"""The real-data matrix for our engine: train on each cell as a user would, score, store, tabulate.
+
+    python benchmarks/real_matrix.py run --cells nuclei2d_camera moon_x --minutes 10   # default setup
+    python benchmarks/real_matrix.py run --cells all --minutes 10        # the whole matrix (hours)
+    python benchmarks/real_matrix.py run --quick                          # 2 cells, 3 minutes: day to day
+    python benchmarks/real_matrix.py run --cells moon_x --minutes 3 --tag adamax \\
+        --train-override '{"optimizer": "adamax"}'                        # an ablation, stored apart
+    python benchmarks/real_matrix.py table                                # print it, write docs/benchmarks.md
+
+A cell (benchmarks/realdata.py) is 16 noisy uint16 frames; training sees all of them, with the
+orientation that the engine's noise autocorrelation suggests, the default preset and 2 threads. The
+first 6 frames are scored: PSNR of 1 posterior sample, the mean of 20 and the Direct Denoiser against the
+clean frames, plus the KL per level (finest first, nats per pixel), steps and seconds. Each cell's
+figures go to benchmarks/results/<tag>/<cell>.json with the commit and settings that made them, so the
+matrix grows across sessions; a cell already measured is skipped unless --rerun.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import time
+
+import numpy as np
+import torch
+
+import realdata as R
+from napari_cosdd.engine import config as C
+from napari_cosdd.engine.autocorrelation import noise_autocorrelation
+from napari_cosdd.engine.inference import denoise
+from napari_cosdd.engine.train import Trainer
+
+QUICK_CELLS = ["nuclei2d_camera", "moon_x"]
+QUICK_MINUTES = 3.0
+DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks.md")
+BEGIN, END = "<!-- real-data matrix: begin -->", "<!-- real-data matrix: end -->"
+
+
+def run_cell(cell: R.Cell, args) -> dict:
+    orientation = noise_autocorrelation(cell.noisy, "SYX").orientation
+    settings = dict(max_minutes=args.minutes, max_steps=args.steps, threads=args.threads, device="cpu",
+                    seed=args.seed)
+    settings.update(json.loads(args.train_override))
+    cfg = C.TrainConfig(**settings)
+    trainer = Trainer(cell.noisy, "SYX", preset=args.preset, orientation=orientation, train_config=cfg,
+                      **json.loads(args.override))
+    messages = []
+    t0 = time.perf_counter()
+    for ev in trainer.fit():
+        if ev.kind == "validation" and ev.val:
+            levels = " ".join(f"{ev.val[k]:.4f}" for k in sorted(ev.val) if re.fullmatch(r"kl_\d+", k))
+            print(f"  step {ev.step:5d} {ev.elapsed:5.0f}s lr {ev.lr:.1e}  val elbo {ev.val['elbo']:.4f}  "
+                  f"kl {ev.val['kl']:.4f} [{levels}]  signal {ev.val['signal']:.4f}", flush=True)
+        elif ev.kind in ("warning", "guard"):
+            messages.append(ev.message)
+            print(f"  {ev.kind}: {ev.message}", flush=True)
+    seconds = time.perf_counter() - t0
+    model = trainer.model
+    val = trainer.validate()
+    model.eval()
+    x, clean = cell.noisy[:R.EVAL_FRAMES], cell.clean[:R.EVAL_FRAMES]
+    direct = denoise(model, x, "SYX", method="direct", device="cpu").direct
+    one = denoise(model, x, "SYX", method="sample", n_samples=1, variance=False, device="cpu", seed=1).mean
+    mean20 = denoise(model, x, "SYX", method="sample", n_samples=20, variance=False, device="cpu", seed=2).mean
+    return {
+        "psnr": {"noisy": R.psnr_frames(clean, x.astype(np.float32)), "sample": R.psnr_frames(clean, one),
+                 "mean20": R.psnr_frames(clean, mean20), "direct": R.psnr_frames(clean, direct)},
+        "kl_per_level": [val[f"kl_{i}"] for i in range(model.config.levels)],
+        "val_elbo": val["elbo"],
+        "steps": trainer.steps_done,
+        "seconds": round(seconds, 1),
+        "orientation": orientation,
+        "messages": messages,
+        "settings": {"preset": args.preset or "default for the device", "model": model.config.to_dict(),
+                     "train": cfg.to_dict()},
+    }
+
+
+def cmd_run(args) -> None:
+    if args.quick:
+        args.cells = args.cells or QUICK_CELLS
+        args.minutes = QUICK_MINUTES if args.minutes is None else args.minutes
+        args.tag = args.tag or "quick"
+    if not args.cells:
+        raise SystemExit("name the cells (--cells IMAGE_NOISE ... or all), or use --quick")
+    args.minutes = 10.0 if args.minutes is None else args.minutes
+    torch.set_num_threads(args.threads)
+    for image, noise in R.parse_cells(args.cells):
+        if not args.rerun and R.has_result(args.tag, image, noise):
+            print(f"{image}_{noise}: already measured under '{args.tag}', skipped (--rerun to measure again)")
+            continue
+        cell = R.make_cell(image, noise, seed=0)
+        print(f"{cell.name}: ours '{args.tag}', {args.minutes:g} min", flush=True)
+        result = run_cell(cell, args)
+        path = R.write_result(args.tag, cell, result)
+        kl = " ".join(f"{k:.4f}" for k in result["kl_per_level"])
+        print(f"{cell.name}: " + "  ".join(f"{k} {v:.2f}" for k, v in result["psnr"].items())
+              + f"  kl [{kl}]  steps {result['steps']}  -> {os.path.relpath(path)}", flush=True)
+
+
+def _fmt(record: dict | None, key: str) -> str:
+    return "" if record is None else f"{record['psnr'][key]:.2f}"
+
+
+def table(ours_tag: str = "ours") -> str:
+    """The markdown table of every measured cell: ours beside the reference."""
+    ours, ref = R.load_results(ours_tag), R.load_results("reference")
+    lines = [
+        "| cell | noisy | ours: 1 sample / mean of 20 / direct | KL per level (finest first) | steps, s "
+        "| reference small: 1 sample / mean of 20 / direct | steps | direct - ref. direct | mean20 - ref. mean20 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for image in R.IMAGES:
+        for noise in R.NOISES:
+            o, r = ours.get((image, noise)), ref.get((image, noise))
+            if o is None and r is None:
+                continue
+            noisy = _fmt(o or r, "noisy")
+            ours_cols = ("", "", "") if o is None else (
+                " / ".join(_fmt(o, k) for k in ("sample", "mean20", "direct")),
+                " ".join(f"{k:.3f}" for k in o["kl_per_level"]), f"{o['steps']}, {o['seconds']:.0f}")
+            ref_cols = ("", "") if r is None else (
+                " / ".join(_fmt(r, k) for k in ("sample", "mean20", "direct")), str(r["steps"]))
+            diff = ("", "")
+            if o is not None and r is not None:
+                diff = (f"{o['psnr']['direct'] - r['psnr']['direct']:+.2f}",
+                        f"{o['psnr']['mean20'] - r['psnr']['mean20']:+.2f}")
+            lines.append(f"| {image} {noise} | {noisy} | " + " | ".join(ours_cols + ref_cols + diff) + " |")
+    return "\n".join(lines)
+
+
+def cmd_table(args) -> None:
+    text = table(args.tag)
+    print(text)
+    if args.no_write:
+        return
+    with open(DOCS) as f:
+        doc = f.read()
+    if BEGIN not in doc:
+        raise SystemExit(f"{DOCS} has no '{BEGIN}' marker; add the markers where the table belongs")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    with open(DOCS, "w") as f:
+        f.write(head + BEGIN + "\n" + text + "\n" + END + tail)
+    print(f"written into {os.path.relpath(DOCS)}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="train and score cells")
+    r.add_argument("--cells", nargs="+", default=None, help="IMAGE_NOISE names, or all")
+    r.add_argument("--quick", action="store_true", help=f"{QUICK_CELLS} for {QUICK_MINUTES:g} minutes")
+    r.add_argument("--minutes", type=float, default=None, help="training budget per cell (default 10)")
+    r.add_argument("--steps", type=int, default=None, help="step budget as well (default: none)")
+    r.add_argument("--preset", default=None, help="network size (default: the engine's for the device)")
+    r.add_argument("--override", default="{}", help='JSON of ModelConfig fields, e.g. {"merge": "add"}')
+    r.add_argument("--train-override", default="{}", help='JSON of TrainConfig fields')
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--tag", default=None, help="folder under benchmarks/results (default: ours)")
+    r.add_argument("--rerun", action="store_true", help="measure cells that already have a result")
+    t = sub.add_parser("table", help="print the table and write it into docs/benchmarks.md")
+    t.add_argument("--tag", default="ours")
+    t.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    if args.command == "run":
+        args.tag = args.tag or ("quick" if args.quick else "ours")
+        cmd_run(args)
+    else:
+        cmd_table(args)
+
+
+if __name__ == "__main__":
+    main()
