@@ -79,6 +79,19 @@ def test_a_collapse_is_a_line_in_the_log_then_exit_1_and_no_model(capsys, data_d
     assert not out.exists()
 
 
+def test_train_clips_outliers_of_a_uint16_stack(capsys, tmp_path):
+    """The command of issue #12 that ended in a raw traceback: uint16 TYX counts with --clip-outliers."""
+    noisy, _ = make_dataset("stripes", n_images=3, shape=(64, 64), seed=5)
+    path = tmp_path / "n.tif"
+    tifffile.imwrite(path, np.clip(100 + 400 * noisy, 0, 65535).astype(np.uint16), imagej=True,
+                     metadata={"axes": "TYX"})
+    out = tmp_path / "m.cosdd"
+    code, _, err = run(capsys, "train", path, "--out", out, "--steps", 3, *TINY, "--orientation", "x",
+                       "--clip-outliers", "0.1", "99.9")
+    assert code == 0, err
+    assert "clipped to [" in err and load_model(out).history[-1]["steps"] == 3
+
+
 def test_train_takes_glob_patterns_and_engine_settings(capsys, data_dir, tmp_path):
     out = tmp_path / "m.cosdd"
     code, _, err = run(capsys, "train", str(data_dir / "frame*.npy"), "--out", out, "--steps", 4,

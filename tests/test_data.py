@@ -125,3 +125,18 @@ def test_normalisation_is_per_channel():
     imgs = [np.stack([rng.normal(5, 2, (32, 32)), rng.normal(-1, 0.5, (32, 32))]).astype(np.float32)]
     mean, std = D.channel_stats(imgs)
     assert np.allclose(mean, [5, -1], atol=0.2) and np.allclose(std, [2, 0.5], atol=0.1)
+
+
+def test_outliers_are_clipped_per_channel_and_the_images_keep_their_dtype():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, size=(2, 40, 40)).astype(np.float32)
+    a[1] *= 100  # the second channel is 100x brighter: pooled limits would not touch it
+    a[0, 0, 0], a[1, 0, 0] = 50.0, 5000.0  # one hot pixel per channel
+    clipped, limits = D.clip_outliers([a, a.copy()], (0.5, 99.5))
+    assert all(c.dtype == np.float32 for c in clipped)
+    assert limits[0][1] < 5 and 100 < limits[1][1] < 500
+    for ch, (lo, hi) in enumerate(limits):
+        assert clipped[0][ch].min() >= lo and clipped[0][ch].max() <= hi
+    assert a[0, 0, 0] == 50.0  # the caller's images are not changed
+    with pytest.raises(D.InputError, match="percentiles"):
+        D.clip_outliers([a], (99.0, 1.0))

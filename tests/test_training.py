@@ -256,6 +256,21 @@ def test_the_collapse_guard_can_be_turned_off(stripes_small, collapsed_latents):
     assert events[-1].kind == "done" and not [e for e in events if e.kind == "warning"]
 
 
+def test_training_with_clipped_outliers_on_uint16_counts(stripes_small):
+    """Percentile clipping of a uint16 stack used to promote the images to float64 and crash the first
+    step; the normalisation must describe the clipped data."""
+    counts = np.clip(100 + 400 * stripes_small[0], 0, 65535).astype(np.uint16)
+    counts[0, 5, 5] = 65000  # a hot pixel
+    trainer = _trainer(counts, max_steps=3, clip_outliers=(0.1, 99.9))
+    events = list(trainer.fit())
+    assert events[-1].kind == "done" and trainer.history[-1]["steps"] == 3
+    assert "clipped to [" in events[0].message
+    hi = float(np.percentile(counts.astype(np.float32), 99.9))
+    assert float(trainer.model.data_mean[0]) < hi
+    assert all(img.dtype == np.float32 and img.max() <= (hi - float(trainer.model.data_mean[0]))
+               / float(trainer.model.data_std[0]) + 1e-4 for img in trainer.train_images)
+
+
 def test_latents_in_use_do_not_trip_the_guard(stripes_small):
     events = list(_trainer(stripes_small[0], max_steps=30, val_every=5).fit())
     kls = [e.val["kl"] for e in events if e.kind == "validation"]

@@ -77,6 +77,17 @@ def test_a_collapse_is_said_in_the_status_and_the_model_is_kept_from_denoise(vie
     assert train.train_button.isEnabled()
 
 
+def test_clipping_outliers_from_the_advanced_settings_trains(viewer, widgets, qtbot):
+    _, train, _ = widgets
+    viewer.layers[SRC].data = np.clip(100 + 400 * viewer.layers[SRC].data, 0, 65535).astype(np.uint16)
+    choose(train.orientation, "x")
+    configure_tiny(train, steps=3)
+    train.advanced_form.editors["clip_outliers"][2].setText("0.1 99.9")
+    train.train_button.click()
+    wait_idle(qtbot, train)
+    assert train.model is not None and train.model.history[-1]["steps"] == 3, train.status.text()
+
+
 # ------------------------------------------------------------------ the user's path, end to end
 
 

@@ -162,6 +162,29 @@ def channel_stats(images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def clip_outliers(images: list[np.ndarray], percentiles: tuple[float, float]
+                  ) -> tuple[list[np.ndarray], list[tuple[float, float]]]:
+    """Clip each channel to its own percentiles, pooled over all images; the images keep their dtype.
+
+    Returns the clipped images and the (low, high) limits of each channel."""
+    low_p, high_p = (float(p) for p in percentiles)
+    if not 0 <= low_p < high_p <= 100:
+        raise InputError(f"clip_outliers needs two percentiles with 0 <= low < high <= 100, got {percentiles}")
+    c = images[0].shape[0]
+    limits = []
+    for ch in range(c):
+        pooled = np.concatenate([img[ch].ravel() for img in images])
+        lo, hi = np.percentile(pooled, [low_p, high_p])
+        limits.append((float(lo), float(hi)))
+    clipped = []
+    for img in images:
+        out = np.empty_like(img)
+        for ch, (lo, hi) in enumerate(limits):
+            np.clip(img[ch], img.dtype.type(lo), img.dtype.type(hi), out=out[ch])
+        clipped.append(out)
+    return clipped, limits
+
+
 # ---------------------------------------------------------------- crop size and split
 
 

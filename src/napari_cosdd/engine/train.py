@@ -190,6 +190,9 @@ class Trainer:
         _seed_everything(self.cfg.seed)  # before the networks are initialised
         dims = _crop_spatial_dims(model.config if model else None, spatial_dims, orientation)
         engine_images = D.as_engine_images(images, axes, dims)
+        if self.cfg.clip_outliers is not None:  # before the statistics, so they describe what is trained on
+            engine_images, limits = D.clip_outliers(engine_images, self.cfg.clip_outliers)
+            self.messages.append("clipped to " + ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in limits))
         multiple = model.config.size_multiple if model else 1
         crop, msg = D.fit_crop(engine_images, self.cfg.crop_size, multiple)
         if msg:
@@ -217,9 +220,6 @@ class Trainer:
             self.model = model
             self.history = list(getattr(model, "history", []))
         self.crop = crop
-        if self.cfg.clip_outliers is not None:
-            lo, hi = np.percentile(np.concatenate([i.ravel() for i in engine_images]), self.cfg.clip_outliers)
-            engine_images = [np.clip(i, lo, hi) for i in engine_images]
         self.split = D.split_train_val(engine_images, self.cfg.val_fraction, crop, self.cfg.seed)
         self.messages.append(f"split: {self.split.how}")
         mean = self.model.data_mean.numpy().reshape((-1,) + (1,) * dims)
