@@ -33,7 +33,8 @@ def _train(args, noisy, cfg):
     for ev in trainer.fit():
         if ev.kind in ("validation", "done"):
             val = ev.val or {}
-            print(f"step {ev.step:5d}  {ev.elapsed:6.0f}s  lr {ev.lr:.1e}  val elbo {val.get('elbo', float('nan')):.4f}  "
+            print(f"step {ev.step:5d}  {ev.elapsed:6.0f}s  lr {ev.lr:.1e}  "
+                  f"val elbo {val.get('elbo', float('nan')):.4f}  "
                   f"kl {val.get('kl', float('nan')):.4f}  signal {val.get('signal', float('nan')):.4f}  "
                   f"direct {val.get('direct', float('nan')):.4f}", flush=True)
     train_s = time.perf_counter() - t0
@@ -85,7 +86,8 @@ def main() -> None:
     for k in args.samples:
         res = denoise(model, x, "SYX", method="sample", n_samples=k, variance=False, device="cpu", seed=1)
         rows.append(("1 sample" if k == 1 else f"mean of {k}", res.mean))
-    print(f"\n# {args.preset} {json.loads(args.override)} {cfg.optimizer} lr {cfg.learning_rate:g}  steps {steps}  train {train_s:.0f}s  "
+    print(f"\n# {args.preset} {json.loads(args.override)} {cfg.optimizer} lr {cfg.learning_rate:g}  "
+          f"steps {steps}  train {train_s:.0f}s  "
           f"{train_s / max(steps, 1):.3f} s/step  machine {platform.processor() or platform.machine()}"
           f" threads {args.threads}")
     base = None

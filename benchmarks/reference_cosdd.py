@@ -4,7 +4,8 @@ The reference is not part of this project and none of its code is copied here: f
 outside the repository, then point this script at that folder. It needs PyTorch Lightning, scikit-learn,
 matplotlib and PyYAML (the reference imports them), best in a virtual environment of its own:
 
-    python -m venv --system-site-packages refenv && refenv/bin/pip install pytorch_lightning scikit-learn matplotlib pyyaml
+    python -m venv --system-site-packages refenv
+    refenv/bin/pip install pytorch_lightning scikit-learn matplotlib pyyaml
     refenv/bin/python benchmarks/reference_cosdd.py --ref-dir /path/to/COSDD --cells nuclei2d_camera moon_x
 
 Its `small` model (6 levels, 64 features, 3 Gaussians) trains as its training script would, with these

@@ -50,7 +50,6 @@ def test_tiled_and_untiled_direct_outputs_agree_without_seams(tiny_model):
     hide any remaining difference: the mean absolute jump between neighbouring columns at a tile border
     is no larger than elsewhere (within 1.5x).
     """
-    rng = np.random.default_rng(0)
     from napari_cosdd.engine.synthetic import add_stripes_noise, clean_image
 
     img = add_stripes_noise(clean_image((200, 300), seed=4), seed=5)

@@ -1,8 +1,6 @@
 """Model files: exact round trip, safe loading, clear errors."""
 
 import os
-import pickle
-import zipfile
 
 import numpy as np
 import pytest

@@ -172,7 +172,8 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
 def _add_field_flag(group, f: dataclasses.Field, text: str, choices=None) -> None:
     flag = "--" + f.name.replace("_", "-")
     default = f.default
-    shown = "" if default in (None, ()) else f" (default {default if not isinstance(default, tuple) else ' '.join(map(str, default))})"
+    value = " ".join(map(str, default)) if isinstance(default, tuple) else default
+    shown = "" if default in (None, ()) else f" (default {value})"
     if isinstance(default, bool):
         group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text + shown)
     elif isinstance(default, tuple) or f.name == "clip_outliers":
