@@ -104,13 +104,30 @@ def _fmt(record: dict | None, key: str) -> str:
     return "" if record is None else f"{record['psnr'][key]:.2f}"
 
 
+def targets(o: dict, r: dict) -> str:
+    """Issue #11's targets for one cell: no collapse, never below the input, direct at least the
+    reference's direct and mean of 20, mean of 20 at least the reference's mean of 20."""
+    p, q = o["psnr"], r["psnr"]
+    missed = []
+    if any("collapsed" in m for m in o.get("messages", [])) or sum(o["kl_per_level"]) < C.TrainConfig().collapse_kl:
+        missed.append("collapse")
+    if min(p["sample"], p["mean20"], p["direct"]) <= p["noisy"]:
+        missed.append("below the input")
+    if p["direct"] < max(q["direct"], q["mean20"]):
+        missed.append("direct")
+    if p["mean20"] < q["mean20"]:
+        missed.append("mean of 20")
+    return "met" if not missed else "missed: " + ", ".join(missed)
+
+
 def table(ours_tag: str = "ours") -> str:
     """The markdown table of every measured cell: ours beside the reference."""
     ours, ref = R.load_results(ours_tag), R.load_results("reference")
     lines = [
         "| cell | noisy | ours: 1 sample / mean of 20 / direct | KL per level (finest first) | steps, s "
-        "| reference small: 1 sample / mean of 20 / direct | steps | direct - ref. direct | mean20 - ref. mean20 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| reference small: 1 sample / mean of 20 / direct | steps | direct - ref. direct | mean20 - ref. mean20 "
+        "| #11 targets |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for image in R.IMAGES:
         for noise in R.NOISES:
@@ -123,10 +140,10 @@ def table(ours_tag: str = "ours") -> str:
                 " ".join(f"{k:.3f}" for k in o["kl_per_level"]), f"{o['steps']}, {o['seconds']:.0f}")
             ref_cols = ("", "") if r is None else (
                 " / ".join(_fmt(r, k) for k in ("sample", "mean20", "direct")), str(r["steps"]))
-            diff = ("", "")
+            diff = ("", "", "")
             if o is not None and r is not None:
                 diff = (f"{o['psnr']['direct'] - r['psnr']['direct']:+.2f}",
-                        f"{o['psnr']['mean20'] - r['psnr']['mean20']:+.2f}")
+                        f"{o['psnr']['mean20'] - r['psnr']['mean20']:+.2f}", targets(o, r))
             lines.append(f"| {image} {noise} | {noisy} | " + " | ".join(ours_cols + ref_cols + diff) + " |")
     return "\n".join(lines)
 
