@@ -41,6 +41,7 @@ class LossPlot(QWidget):
         self.kl_plot.setLabel("bottom", "step")
         self.kl_plot.setLabel("left", "latent KL (nats/pixel)")
         self.kl_plot.setLogMode(y=True)
+        self.kl_plot.getAxis("left").enableAutoSIPrefix(False)  # plain nats per pixel, no "(x0.001)"
         self.kl_plot.setXLink(self.plot)
         self.kl_curves: dict[str, pg.PlotDataItem] = {}
         self.kl_points: dict[str, tuple[list, list]] = {}
