@@ -6,8 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MERGES = ("block", "add")
-
 
 def conv(dims: int, c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1,
          padding_mode: str = "zeros") -> nn.Module:
@@ -49,9 +47,7 @@ class Merge(nn.Module):
 
     def __init__(self, dims: int, channels: int, mode: str = "block") -> None:
         super().__init__()
-        if mode not in MERGES:
-            raise ValueError(f"merge must be one of {MERGES}, got {mode!r}")
-        self.mode = mode
+        self.mode = mode  # checked by ModelConfig (config.MERGES)
         if mode == "block":
             self.mix = conv(dims, 2 * channels, channels, kernel=1)
             self.block = ResidualBlock(dims, channels)
