@@ -53,7 +53,7 @@ def run_cell(cell: R.Cell, args) -> dict:
             levels = " ".join(f"{ev.val[k]:.4f}" for k in sorted(ev.val) if re.fullmatch(r"kl_\d+", k))
             print(f"  step {ev.step:5d} {ev.elapsed:5.0f}s lr {ev.lr:.1e}  val elbo {ev.val['elbo']:.4f}  "
                   f"kl {ev.val['kl']:.4f} [{levels}]  signal {ev.val['signal']:.4f}", flush=True)
-        elif ev.kind in ("warning", "guard"):
+        elif ev.kind == "warning":
             messages.append(ev.message)
             print(f"  {ev.kind}: {ev.message}", flush=True)
     seconds = time.perf_counter() - t0
