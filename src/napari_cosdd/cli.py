@@ -315,6 +315,8 @@ def cmd_denoise(args, say) -> int:
             bar.update(ev.fraction, f"{f.path.name}: {ev.done}/{ev.total} tile passes, {format_duration(left)} left")
         bar.update(1.0, f"{f.path.name}: done", force=True)
         bar.close()
+        if result.check is not None:
+            say(("" if result.check.ok else "WARNING: ") + f"{f.path.name}: {result.check.message}")
         for name, path in planned[f.path].items():
             data = getattr(result, name)
             if name == "samples":

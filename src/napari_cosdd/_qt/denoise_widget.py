@@ -263,7 +263,11 @@ class DenoiseWidget(QWidget):
             names.append(self._put(result.median, f"{src}_cosdd_median", like))
         if result.samples is not None:
             names.append(self._put(result.samples, f"{src}_cosdd_samples", like))
-        report(self.status, "Done: " + ", ".join(names) + ".")
+        check = result.check
+        if check is not None and not check.ok:
+            report(self.status, "Done: " + ", ".join(names) + ". Warning: " + check.message + ".", "warning")
+        else:
+            report(self.status, "Done: " + ", ".join(names) + ".")
 
     def _put(self, data: np.ndarray, name: str, like: dict, **kwargs) -> str:
         put_layer(self.viewer, data, name, like=like, **kwargs)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from . import data as D
 from .device import autocast, free_memory, memory_budget, prepare_cpu, resolve_device
 from .model import COSDD
+from .output_check import OutputCheck, check_output
 
 METHODS = ("direct", "sample")
 
@@ -41,6 +42,8 @@ class DenoiseResult:
     median: np.ndarray | None = None
     samples: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+    #: Whether the main output (direct, else the mean) improves on the input; see output_check.
+    check: OutputCheck | None = None
 
     def outputs(self) -> dict[str, np.ndarray]:
         names = ("direct", "mean", "variance", "std", "median", "samples")
@@ -278,7 +281,11 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
             result.variance = layout.from_engine(var)
             result.std = layout.from_engine(np.sqrt(var))
         else:
-            setattr(result, n, layout.from_engine(arr * std_ + mean_))
+            arr = arr * std_ + mean_
+            if n == names[0]:  # the main output: direct, or the mean of the samples
+                result.check = check_output(stack, arr, layout.spatial_axes, model.config.orientation)
+                result.info["check"] = result.check.to_dict()
+            setattr(result, n, layout.from_engine(arr))
     if kept is not None:
         kept /= weight_sum
         result.samples = layout.from_engine(kept * std_ + mean_, leading=(n_samples,))
