@@ -51,6 +51,47 @@ def test_widgets_dock_and_the_shipped_model_denoises_the_sample(make_napari_view
     assert shot.ndim == 3 and shot.shape[0] > 300 and shot[..., :3].std() > 5  # a real, drawn window
 
 
+def test_a_users_clicks_in_one_window_noise_train_denoise(make_napari_viewer, qtbot):
+    """The three widgets docked the way napari docks them (each gets its own proxy of the viewer), and
+    one user's path through them: the orientation picked in Noise reaches Train, the model trained in
+    Train reaches Denoise, and its outputs appear as layers."""
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "stripes")
+    src = "stripes (noisy)"
+    docked = {name: viewer.window.add_plugin_dock_widget(PLUGIN, name)[1] for name in ("Noise", "Train", "Denoise")}
+    noise, train, denoise = docked["Noise"], docked["Train"], docked["Denoise"]
+    assert noise.session is train.session is denoise.session
+
+    noise.image_combo.setCurrentIndex(noise.image_combo.findText(src))
+    noise.compute_button.click()
+    qtbot.waitUntil(lambda: noise.use_button.isEnabled(), timeout=60_000)
+    train.orientation.setCurrentText("none")
+    noise.use_button.click()
+    assert train.orientation.currentText() == "x"
+
+    train.select_layers([src])
+    train.preset.setCurrentText("tiny")
+    train.steps.setValue(8)
+    train.minutes.setValue(0)
+    train.advanced_form.editors["crop_size"][2].setText("32")
+    train.advanced_form.editors["val_every"][2].setText("4")
+    train.device.setCurrentIndex(train.device.findData("cpu"))
+    train.train_button.click()
+    qtbot.waitUntil(lambda: train.worker is None, timeout=120_000)
+    assert train.model is not None, train.status.text()
+    assert denoise.model_combo.currentData() == "session", "the trained model reached the Denoise widget"
+    assert denoise.session.model is train.model
+
+    denoise.image_combo.setCurrentIndex(denoise.image_combo.findText(src))
+    denoise.method.setCurrentText("sample")
+    denoise.n_samples.setValue(3)
+    denoise.denoise_button.click()
+    qtbot.waitUntil(lambda: denoise.worker is None, timeout=120_000)
+    for suffix in ("mean", "variance", "std"):
+        out = viewer.layers[f"{src}_cosdd_{suffix}"]
+        assert out.data.shape == viewer.layers[src].data.shape and np.isfinite(out.data).all()
+
+
 def test_cli_demo_opens_the_sample_with_the_widgets_docked(qtbot):
     from napari_cosdd.cli import _demo_gui
 

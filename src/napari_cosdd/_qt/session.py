@@ -6,6 +6,8 @@ the Denoise widget offers it, and the Noise widget's suggestion can set the Trai
 
 from __future__ import annotations
 
+import weakref
+
 from psygnal import Signal
 
 
@@ -25,9 +27,44 @@ class Session:
         self.model_changed.emit(model, description)
 
 
-_SESSIONS: dict[int, Session] = {}
+def underlying_viewer(viewer):
+    """The viewer itself: napari hands each dock widget its own PublicOnlyProxy of the viewer, so the
+    widgets of one window see different objects; unwrapping them finds the one they share."""
+    for _ in range(8):  # proxies of proxies, never a cycle
+        inner = getattr(viewer, "__wrapped__", None)
+        if inner is None:
+            return viewer
+        viewer = inner
+    return viewer
+
+
+# id(viewer) -> (weak reference to that viewer, its session). The viewer is held weakly: when it goes,
+# its entry (and the model in it) goes too, and a new viewer that reuses the id gets a new session.
+_SESSIONS: dict[int, tuple[weakref.ref, Session]] = {}
+
+
+def _forget(key: int, ref: weakref.ref) -> None:
+    entry = _SESSIONS.get(key)
+    if entry is not None and entry[0] is ref:
+        del _SESSIONS[key]
 
 
 def session_for(viewer) -> Session:
-    """The one Session of a viewer (created on first use)."""
-    return _SESSIONS.setdefault(id(viewer), Session())
+    """The one Session of a viewer (created on first use), whichever proxy of it is passed."""
+    viewer = underlying_viewer(viewer)
+    key = id(viewer)
+    entry = _SESSIONS.get(key)
+    if entry is not None and entry[0]() is viewer:
+        return entry[1]
+    ref = weakref.ref(viewer, lambda r, key=key: _forget(key, r))
+    session = Session()
+    _SESSIONS[key] = (ref, session)
+    return session
+
+
+def close_session(viewer) -> None:
+    """Drop a viewer's session and the model in it (when its window closes)."""
+    viewer = underlying_viewer(viewer)
+    entry = _SESSIONS.pop(id(viewer), None)
+    if entry is not None:
+        entry[1].model = None
