@@ -117,24 +117,40 @@ def test_resume_continues_and_refuses_another_orientation(capsys, data_dir, cli_
 
 
 @pytest.mark.parametrize(
-    "extra, words",
+    "extra, words, status",
     [
-        (["missing.tif"], "no such file"),
-        (["nomatch*.tif"], "no file matches"),
-        (["{d}/stack.tif", "--axes", "ZTYX"], "names 4 axes"),
-        (["{d}/stack.tif", "--axes", "TQX"], "letters"),
-        (["{d}/stack.tif", "--steps", "0x"], "invalid int"),
-        (["{d}/stack.tif", "--preset", "huge"], "unknown preset"),
-        (["{d}/stack.tif", "--crop-size", "4"], "crop_size"),
-        (["{d}/stack.tif", "--optimizer", "sgd"], "invalid choice"),
+        (["missing.tif"], "no such file", 1),
+        (["nomatch*.tif"], "no file matches", 1),
+        (["{d}/stack.tif", "--axes", "ZTYX"], "names 4 axes", 2),
+        (["{d}/stack.tif", "--axes", "TQX"], "letters", 2),
+        (["{d}/stack.tif", "--steps", "0x"], "invalid int", 2),
+        (["{d}/stack.tif", "--preset", "huge"], "unknown preset", 2),
+        (["{d}/stack.tif", "--crop-size", "4"], "crop_size", 2),
+        (["{d}/stack.tif", "--optimizer", "sgd"], "invalid choice", 2),
     ],
 )
-def test_train_errors_are_one_line_with_status_2(capsys, data_dir, tmp_path, extra, words):
+def test_train_errors_are_one_line_and_their_status_says_whose(capsys, data_dir, tmp_path, extra, words, status):
+    """Files that are missing or cannot be used: status 1. Flags that cannot work: status 2, with the usage."""
     argv = [a.replace("{d}", str(data_dir)) for a in extra]
     code, _, err = run(capsys, "train", *argv, "--out", tmp_path / "m.cosdd")
-    assert code == 2
+    assert code == status
     assert words in one_line_error(err)
+    assert ("usage: napari-cosdd train" in err) == (status == 2)
     assert "Traceback" not in err
+
+
+def test_an_unexpected_error_is_short_with_status_3_and_debug_shows_the_traceback(capsys, data_dir, monkeypatch):
+    from napari_cosdd import cli
+
+    def broken(args, say):
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setitem(cli.COMMANDS, "autocorr", broken)
+    code, _, err = run(capsys, "autocorr", data_dir / "frame0.npy")
+    assert code == 3 and "unexpected error (RuntimeError: something inside broke)" in err and "--debug" in err
+    assert "Traceback" not in err
+    with pytest.raises(RuntimeError, match="inside broke"):
+        main(["autocorr", str(data_dir / "frame0.npy"), "--debug"])
 
 
 def test_train_refuses_to_write_the_model_over_an_input(capsys, data_dir):
@@ -205,11 +221,11 @@ def test_denoise_never_overwrites_an_input(capsys, data_dir, cli_model, tmp_path
 
 def test_denoise_errors(capsys, data_dir, cli_model, tmp_path):
     code, _, err = run(capsys, "denoise", cli_model, data_dir / "twochannel.tif", "--out", tmp_path)
-    assert code == 2 and "channel" in one_line_error(err)
+    assert code == 1 and "channel" in one_line_error(err)
     broken = tmp_path / "broken.cosdd"
     broken.write_bytes(cli_model.read_bytes()[:500])
     code, _, err = run(capsys, "denoise", broken, data_dir / "frame0.npy", "--out", tmp_path)
-    assert code == 2 and "model file" in one_line_error(err)
+    assert code == 1 and "model file" in one_line_error(err)
     code, _, err = run(capsys, "denoise", cli_model, data_dir / "frame0.npy", "--out", data_dir / "frame0.npy")
     assert code == 2 and "is a file" in one_line_error(err)
 

@@ -1,13 +1,15 @@
 """The `napari-cosdd` command line: train, denoise, autocorr, check-noise and demo, on the same engine
 and the same progress events as the napari widgets.
 
-Errors in arguments or files print one line and exit with status 2; a training stopped with Ctrl-C
-saves the best model so far.
+Errors print one line; the exit status is 1 for bad data or model files, 2 for usage mistakes (with the
+usage), 3 for anything unexpected (--debug shows the traceback). A training stopped with Ctrl-C saves the
+best model so far.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import signal
@@ -19,7 +21,11 @@ from . import __version__
 from .engine.progress import format_duration
 
 PROG = "napari-cosdd"
+#: Exit statuses: bad data or a bad model file (a one-line message says what to do), a usage mistake
+#: (the usage and a one-line message), and anything unexpected (a short message; --debug shows where).
+EXIT_DATA = 1
 EXIT_USAGE = 2
+EXIT_UNEXPECTED = 3
 
 # Fields that have their own flags or are set from the data.
 TRAIN_OWN_FLAGS = {"max_steps", "max_minutes", "seed", "device"}
@@ -28,12 +34,30 @@ NONE_DEFAULT_TYPES = {"threads": int, "clip_outliers": float}
 
 
 class UsageError(Exception):
-    """Wrong arguments or unusable files: reported in one line, exit status 2."""
+    """A usage mistake (arguments that cannot work together or with the files): the usage and one line,
+    exit status 2. ``usage`` is the usage of the (sub)command when known."""
+
+    def __init__(self, message: str, usage: str | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line instead of usage + message
-        raise UsageError(f"{message} (see {self.prog} --help)")
+    def error(self, message: str):  # our one line, after the usage
+        raise UsageError(f"{message} (see {self.prog} --help)", usage=self.format_usage())
+
+
+@contextlib.contextmanager
+def _settings_are_usage():
+    """Settings built from flags: a ValueError there is a usage mistake, an InputError stays about the data."""
+    from .engine.data import InputError
+
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 # ------------------------------------------------------------------ progress
@@ -229,14 +253,17 @@ def cmd_train(args, say) -> int:
             say(f"orientation: {orientation} (from the noise autocorrelation of {files[0].path.name}: {ac.reason})")
         train_values = _collect(args, TrainConfig, TRAIN_OWN_FLAGS)
         steps = args.steps if (args.steps is not None or args.minutes is not None) else TrainConfig.max_steps
-        cfg = TrainConfig(max_steps=steps, max_minutes=args.minutes, seed=args.seed, device=args.device,
-                          **train_values)
+        with _settings_are_usage():
+            cfg = TrainConfig(max_steps=steps, max_minutes=args.minutes, seed=args.seed, device=args.device,
+                              **train_values)
         overrides = _collect(args, ModelConfig, MODEL_FROM_DATA)
         if model is not None and overrides:
             say("note: model settings are ignored when continuing a saved model: " + ", ".join(sorted(overrides)))
             overrides = {}
-        trainer = Trainer([f.data for f in files], axes, model=model, preset=args.preset, orientation=orientation,
-                          train_config=cfg, spatial_dims=dims, dist_context=ctx, **overrides)
+        with _settings_are_usage():
+            trainer = Trainer([f.data for f in files], axes, model=model, preset=args.preset,
+                              orientation=orientation, train_config=cfg, spatial_dims=dims, dist_context=ctx,
+                              **overrides)
         bar = ProgressBar() if main_process else None
         interrupted = []
 
@@ -445,6 +472,9 @@ def _demo_gui(say, block: bool = True):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Train COSDD on noisy images alone and denoise with it.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an unexpected error")
+    p.epilog = (f"exit status: 0 done, {EXIT_DATA} bad data or model file, {EXIT_USAGE} usage mistake, "
+                f"{EXIT_UNEXPECTED} unexpected error (run again with --debug to see where)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model on noisy images",
@@ -516,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--preset", default=None)
     m.add_argument("--device", default="auto")
     m.add_argument("--out", default="cosdd_demo", help="folder for --headless results")
+    p.commands = {"train": t, "denoise": d, "autocorr": a, "check-noise": c, "demo": m}
     return p
 
 
@@ -525,10 +556,20 @@ COMMANDS = {"train": cmd_train, "denoise": cmd_denoise, "autocorr": cmd_autocorr
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # accepted anywhere on the line
+    argv = [a for a in argv if a != "--debug"]
 
     def say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
+    def fail(status: int, text: str, usage: str | None = None) -> int:
+        if usage:
+            print(usage.rstrip(), file=sys.stderr)
+        print(f"{PROG}: {text}", file=sys.stderr)
+        return status
+
+    args = None
     try:
         args = parser.parse_args(argv)
         if args.command is None:
@@ -536,23 +577,30 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         return COMMANDS[args.command](args, say)
     except UsageError as err:
-        print(f"{PROG}: error: {err}", file=sys.stderr)
-        return EXIT_USAGE
+        usage = err.usage
+        if usage is None:
+            command = getattr(args, "command", None)
+            usage = parser.commands[command].format_usage() if command in parser.commands else parser.format_usage()
+        return fail(EXIT_USAGE, f"error: {err}", usage)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        from .engine.data import InputError
+        from .engine.data import AxesError, InputError
         from .engine.model_file import ModelFileError
         from .engine.train import TrainingError
 
+        if debug:
+            raise
+        if isinstance(err, AxesError):
+            command = getattr(args, "command", None)
+            return fail(EXIT_USAGE, f"error: {err}", parser.commands[command].format_usage() if command else None)
         if isinstance(err, TrainingError):
-            print(f"{PROG}: training failed: {err}", file=sys.stderr)
-            return 1
-        if isinstance(err, (InputError, ModelFileError, ValueError, FileNotFoundError, PermissionError)):
-            print(f"{PROG}: error: {err}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
+            return fail(EXIT_DATA, f"training failed: {err}")
+        if isinstance(err, (InputError, ModelFileError, ValueError, OSError)):
+            return fail(EXIT_DATA, f"error: {err}")
+        return fail(EXIT_UNEXPECTED, f"unexpected error ({type(err).__name__}: {err}); this is a bug: please "
+                                     f"report it, with the output of the same command run with --debug")
 
 
 if __name__ == "__main__":
