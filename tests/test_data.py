@@ -140,3 +140,29 @@ def test_outliers_are_clipped_per_channel_and_the_images_keep_their_dtype():
     assert a[0, 0, 0] == 50.0  # the caller's images are not changed
     with pytest.raises(D.InputError, match="percentiles"):
         D.clip_outliers([a], (99.0, 1.0))
+
+
+# ------------------------------------------------------------------ the one axes guess
+
+
+@pytest.mark.parametrize("ndim, dims, expected", [
+    (2, 2, "YX"), (3, 2, "TYX"), (4, 2, "TZYX"), (5, 2, "STZYX"),
+    (3, 3, "ZYX"), (4, 3, "TZYX"), (5, 3, "STZYX"),
+])
+def test_the_rule_puts_frames_before_the_image(ndim, dims, expected):
+    from napari_cosdd.engine.data import guess_axes
+
+    assert guess_axes(ndim, dims) == expected
+
+
+def test_the_files_axes_come_first_then_the_layers_labels():
+    from napari_cosdd.engine.data import guess_axes
+
+    assert guess_axes(3, 2, file_axes="CYX", labels=("t", "y", "x")) == "CYX"
+    assert guess_axes(3, 2, labels=("Z", "y", "x")) == "ZYX"
+    assert guess_axes(3, 2, labels=("channel", "y", "x")) == "CYX"
+    # napari's default labels (numbers) and labels that name no axis leave the rule in charge
+    assert guess_axes(3, 2, labels=("0", "1", "2")) == "TYX"
+    assert guess_axes(3, 2, labels=("t", "t", "x")) == "TYX"
+    assert guess_axes(3, 2, file_axes="YX") == "TYX", "metadata for another number of axes is ignored"
+

@@ -35,7 +35,7 @@ def test_plain_files_have_no_axes_until_given(tmp_path):
     f = read_image(tmp_path / "a.npy")
     assert f.axes is None and f.axes_source == "none"
     assert read_image(tmp_path / "a.npy", "zyx").axes == "ZYX"
-    assert default_axes(3) == "SYX" and default_axes(3, spatial_dims=3) == "ZYX"
+    assert default_axes(3) == "TYX" and default_axes(3, spatial_dims=3) == "ZYX"
 
 
 def test_unreadable_files_give_clear_errors(tmp_path):

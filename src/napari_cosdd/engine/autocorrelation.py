@@ -234,8 +234,8 @@ def noise_autocorrelation(
     image : array_like
         2-D image, or a stack (frames, channels, or 3-D volumes) described by ``axes``.
     axes : str, optional
-        Letters from STCZYX, one per axis; by default guessed from the number of dimensions
-        ("YX", "ZYX", "CZYX", ...).
+        Letters from STCZYX, one per axis; by default data.guess_axes' rule ("YX", "TYX", "TZYX", ...;
+        "ZYX" for a 3-D array with spatial_dims=3).
     region : box or bool array, optional
         Use only these pixels of each frame: ((start, stop), ...) per spatial axis, or a boolean mask of
         the spatial shape. Without it the lowest-signal tiles are chosen automatically.
@@ -253,7 +253,8 @@ def noise_autocorrelation(
     arr = np.asarray(image)
     check_values(arr)
     if axes is None:
-        axes = guess_axes(arr.ndim)
+        spatial_dims = spatial_dims or 2
+        axes = guess_axes(arr.ndim, spatial_dims)
     if spatial_dims is None:
         spatial_dims = 3 if "Z" in axes.upper() else 2
     layout = make_layout(arr, axes, spatial_dims)

@@ -14,6 +14,10 @@ class InputError(ValueError):
     """Input that cannot be used, with a message that says what to do."""
 
 
+class AxesError(InputError):
+    """An axes string that does not fit the image: fixed by giving other axes."""
+
+
 # ---------------------------------------------------------------- axes
 
 
@@ -76,25 +80,59 @@ def make_layout(array: np.ndarray, axes: str, spatial_dims: int = 2) -> Layout:
     axes = normalise_axes(axes)
     bad = sorted(set(axes) - set(AXES_LETTERS))
     if bad:
-        raise InputError(f"axes {axes!r} contain {bad}; use only the letters {AXES_LETTERS}")
+        raise AxesError(f"axes {axes!r} contain {bad}; use only the letters {AXES_LETTERS}")
     if len(set(axes)) != len(axes):
-        raise InputError(f"axes {axes!r} name an axis twice; each of {AXES_LETTERS} may appear once")
+        raise AxesError(f"axes {axes!r} name an axis twice; each of {AXES_LETTERS} may appear once")
     if len(axes) != array.ndim:
-        raise InputError(
+        raise AxesError(
             f"axes {axes!r} name {len(axes)} axes but the image has {array.ndim} (shape {array.shape}); "
             f"give one letter per axis, e.g. {guess_axes(array.ndim)!r}"
         )
     needed = "ZYX" if spatial_dims == 3 else "YX"
     missing = [a for a in needed if a not in axes]
     if missing:
-        raise InputError(
+        raise AxesError(
             f"axes {axes!r} lack {''.join(missing)}; a {spatial_dims}-D model needs {needed} axes"
         )
     return Layout(axes, tuple(array.shape), spatial_dims)
 
 
-def guess_axes(ndim: int) -> str:
-    return {2: "YX", 3: "ZYX", 4: "CZYX", 5: "TCZYX"}.get(ndim, "S" * max(ndim - 2, 0) + "YX")
+#: napari axis labels (lower case) that name one of our axes.
+_LABELS = {"t": "T", "time": "T", "frame": "T", "frames": "T", "z": "Z", "depth": "Z", "plane": "Z",
+           "y": "Y", "x": "X", "c": "C", "channel": "C", "channels": "C", "s": "S", "sample": "S"}
+
+
+def _axes_from_labels(labels, ndim: int) -> str | None:
+    """Axes named by napari axis labels such as ('t', 'y', 'x'); None unless every label names a
+    different axis and Y and X are among them (napari's default labels are numbers)."""
+    if labels is None or len(labels) != ndim:
+        return None
+    axes = "".join(_LABELS.get(str(label).strip().lower(), "?") for label in labels)
+    if "?" in axes or len(set(axes)) != ndim or not {"Y", "X"} <= set(axes):
+        return None
+    return axes
+
+
+def guess_axes(ndim: int, spatial_dims: int = 2, file_axes: str | None = None, labels=None) -> str:
+    """The axes of an array: the one guess that the API, the CLI and the widgets share.
+
+    The first that exists: the file's own axes (TIFF/OME metadata), napari axis labels that name axes
+    ('t', 'z', 'y', 'x', 'c', ...), then the rule: the last two axes are Y, X; with a 3-D model the one
+    before is Z; every axis before those is a frame axis, T next to the image, S before it
+    (2-D: YX; 3-D: TYX, or ZYX for a 3-D model; 4-D: TZYX; 5-D: STZYX). A channel axis is never
+    assumed: napari keeps channels in separate layers, and a file with channels says so.
+    """
+    for named in (file_axes, _axes_from_labels(labels, ndim)):
+        if isinstance(named, str) and len(named) == ndim:
+            return normalise_axes(named)
+    spatial = "ZYX" if spatial_dims == 3 else "YX"
+    if ndim < len(spatial):
+        return "YX"[-ndim:] if ndim else ""
+    if spatial_dims == 3:
+        frames = {0: "", 1: "T", 2: "ST"}.get(ndim - 3, "S" * (ndim - 4) + "T")
+    else:
+        frames = {0: "", 1: "T", 2: "TZ", 3: "STZ"}.get(ndim - 2, "S" * (ndim - 4) + "TZ")
+    return frames + spatial
 
 
 def check_values(array: np.ndarray, name: str = "image") -> None:

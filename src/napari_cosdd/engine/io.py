@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import AXES_LETTERS, InputError, guess_axes, normalise_axes
+from .data import AXES_LETTERS, AxesError, InputError, guess_axes, normalise_axes
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy")
 # ImageJ hyperstacks hold at most these axes, in this order.
@@ -109,11 +109,11 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> ImageFile:
     if axes:
         axes = normalise_axes(axes)
         if len(axes) != data.ndim:
-            raise InputError(f"--axes {axes!r} names {len(axes)} axes but {path.name} has {data.ndim} "
+            raise AxesError(f"--axes {axes!r} names {len(axes)} axes but {path.name} has {data.ndim} "
                              f"(shape {data.shape})" + (f"; the file says {file_axes!r}" if file_axes else ""))
         bad = sorted(set(axes) - set(AXES_LETTERS))
         if bad:
-            raise InputError(f"--axes {axes!r} contain {bad}; use only the letters {AXES_LETTERS}")
+            raise AxesError(f"--axes {axes!r} contain {bad}; use only the letters {AXES_LETTERS}")
         return ImageFile(path, data, axes, "given", imagej, resolution)
     if file_axes is not None:
         return ImageFile(path, data, file_axes, "metadata", imagej, resolution)
@@ -121,10 +121,8 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> ImageFile:
 
 
 def default_axes(ndim: int, spatial_dims: int = 2) -> str:
-    """Axes to assume when neither the file nor the user says: frames before Y, X for 2-D models."""
-    if spatial_dims == 3:
-        return guess_axes(ndim)
-    return {2: "YX", 3: "SYX", 4: "SCYX"}.get(ndim, guess_axes(ndim))
+    """Axes to assume when neither the file nor the user says (data.guess_axes' rule)."""
+    return guess_axes(ndim, spatial_dims)
 
 
 def _imagej_compatible(axes: str) -> bool:
