@@ -111,3 +111,41 @@ def test_generated_noise_image(orientation, stripes_small):
     real, generated = I.generate_noisy(model, stripes_small[0][0], "YX", device="cpu", seed=0)
     assert real.shape == generated.shape == (1, 96, 96)
     assert np.isfinite(generated).all() and generated.std() > 0
+
+
+def _twin(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_inference_leaves_the_callers_model_exactly_as_it_was(tiny_model, stripes_small):
+    """Denoising a model that is training (train mode) must not flip it to eval mode, move it, or
+    change a weight: training and denoising can share one model."""
+    from napari_cosdd.engine.noise_check import check_noise
+
+    model = _twin(tiny_model).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    img = stripes_small[0][0]
+    I.denoise(model, img, "YX", method="direct", device="cpu")
+    I.denoise(model, img, "YX", method="sample", n_samples=2, device="cpu", seed=3)
+    I.generate_noisy(model, img, "YX", device="cpu", max_side=32, seed=0)
+    check_noise(model, img, "YX", device="cpu", max_side=32)
+    assert model.training, "still in train mode"
+    assert all(p.device.type == "cpu" for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_seed_is_the_calls_own_stream(tiny_model, stripes_small):
+    """A seeded call repeats itself and does not reseed or advance the global generator, which other
+    threads (training) draw from."""
+    img = stripes_small[0][0]
+    torch.manual_seed(5)
+    expected = torch.rand(4)
+    torch.manual_seed(5)
+    a = I.denoise(tiny_model, img, "YX", method="sample", n_samples=2, variance=False, device="cpu", seed=11).mean
+    assert torch.equal(torch.rand(4), expected), "the global stream is where it was"
+    b = I.denoise(tiny_model, img, "YX", method="sample", n_samples=2, variance=False, device="cpu", seed=11).mean
+    c = I.denoise(tiny_model, img, "YX", method="sample", n_samples=2, variance=False, device="cpu", seed=12).mean
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)

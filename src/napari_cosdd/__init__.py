@@ -12,11 +12,12 @@ _API = {
     "ModelConfig": "config", "TrainConfig": "config", "PRESETS": "config",
     "Trainer": "train", "TrainingEvent": "train", "TrainingError": "train", "train": "train",
     "denoise": "inference", "denoise_iter": "inference", "DenoiseResult": "inference",
-    "generate_noisy": "inference",
+    "generate_noisy": "inference", "generate_noisy_iter": "inference", "OutputCheck": "output_check",
+    "check_output": "output_check", "guess_axes": "data",
     "save_model": "model_file", "load_model": "model_file", "ModelFileError": "model_file",
     "InputError": "data",
     "noise_autocorrelation": "autocorrelation", "NoiseAutocorrelation": "autocorrelation",
-    "check_noise": "noise_check",
+    "check_noise": "noise_check", "check_noise_iter": "noise_check",
 }
 
 __all__ = ["__version__", *_API]

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .progress import run_to_end
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -127,17 +128,19 @@ class ARDecoder(nn.Module):
         log_comp = -0.5 * z * z - torch.log(scales) - 0.5 * _LOG_2PI
         return torch.logsumexp(log_w + log_comp, dim=2)
 
-    def sample_from_params(self, params: torch.Tensor) -> torch.Tensor:
+    def sample_from_params(self, params: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         log_w, means, scales = self.split(params)
-        gumbel = -torch.log(-torch.log(torch.rand_like(log_w).clamp_min(1e-20)).clamp_min(1e-20))
+        uniform = torch.rand(log_w.shape, generator=generator, device=log_w.device, dtype=log_w.dtype)
+        gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-20)).clamp_min(1e-20))
         pick = (log_w + gumbel).argmax(dim=2, keepdim=True)
         mu = means.gather(2, pick).squeeze(2)
         sd = scales.gather(2, pick).squeeze(2)
-        return mu + sd * torch.randn_like(mu)
+        return mu + sd * torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
 
     @torch.no_grad()
-    def sample(self, code: torch.Tensor) -> torch.Tensor:
-        """Draw a noisy image (normalised units) given the code.
+    def sample_iter(self, code: torch.Tensor, generator: torch.Generator | None = None):
+        """Draw a noisy image (normalised units) given the code, as a generator: it yields (done, total)
+        positions along the lines and returns the image, so a caller can show progress and stop.
 
         Pixels along a line are drawn one after another through a window as long as the receptive
         field, so the cost is linear in the line length (lines are processed in parallel).
@@ -147,7 +150,9 @@ class ARDecoder(nn.Module):
         feats = self._project(code_lines)
         n_lines, length = code_lines.shape[2], code_lines.shape[3]
         if not self.sees_neighbours:
-            out = self.sample_from_params(self._net(None, feats).unflatten(1, (self.channels, 3, self.components)))
+            out = self.sample_from_params(self._net(None, feats).unflatten(1, (self.channels, 3, self.components)),
+                                          generator)
+            yield length, length
             return from_lines(out, (b, self.channels) + shape[2:], self.axis)
         rf = self.receptive_field
         x = torch.zeros(b, self.channels, n_lines, length, device=code.device, dtype=feats.dtype)
@@ -155,5 +160,10 @@ class ARDecoder(nn.Module):
             lo = max(0, i - rf)
             params = self._net(x[..., lo:i + 1], feats[..., lo:i + 1])[..., -1:]
             params = params.unflatten(1, (self.channels, 3, self.components))
-            x[..., i:i + 1] = self.sample_from_params(params)
+            x[..., i:i + 1] = self.sample_from_params(params, generator)
+            yield i + 1, length
         return from_lines(x, (b, self.channels) + shape[2:], self.axis)
+
+    def sample(self, code: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """sample_iter to its end: the noisy image."""
+        return run_to_end(self.sample_iter(code, generator))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 from typing import Iterator
@@ -11,9 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
-from .device import autocast, free_memory, memory_budget, prepare_cpu, resolve_device
+from .device import autocast, free_memory, memory_budget, resolve_device
 from .model import COSDD
 from .output_check import OutputCheck, check_output
+from .progress import run_to_end
 
 METHODS = ("direct", "sample")
 
@@ -155,6 +157,23 @@ def _model_input(model: COSDD, image, axes: str) -> tuple[D.Layout, np.ndarray]:
     return layout, layout.to_engine(np.asarray(image))
 
 
+def borrow(model: COSDD, device: torch.device) -> COSDD:
+    """The model to run inference with, leaving the caller's exactly as it was (mode, device, weights):
+    the model itself when it is already on ``device`` and in eval mode, else an eval-mode copy there.
+    So denoising while the same model trains neither flips it to eval mode nor moves it."""
+    if not model.training and next(model.parameters()).device == device:
+        return model
+    twin = copy.deepcopy(model)
+    return twin.to(device).eval()
+
+
+def _generator(device: torch.device, seed: int | None) -> torch.Generator | None:
+    """A random stream of this call's own (seeded), or None for the global one (unseeded calls)."""
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(int(seed))
+
+
 class _Runner:
     """Runs the model on normalised tiles on one device, padding each to the size multiple."""
 
@@ -191,10 +210,8 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
         raise ValueError("n_samples must be at least 1")
     layout, stack = _model_input(model, image, axes)  # stack: (N, C, *spatial)
     dev = resolve_device(device)
-    prepare_cpu()
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = model.to(dev).eval()
+    generator = _generator(dev, seed)
+    model = borrow(model, dev)
     runner = _Runner(model, dev, bf16)
     dims = model.config.spatial_dims
     mean_ = model.data_mean.cpu().numpy().reshape((-1,) + (1,) * dims)
@@ -246,7 +263,7 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
                 tile_samples = [] if (median or kept is not None) else None
                 while count < n_samples:
                     b = min(sample_batch, n_samples - count)
-                    s = runner(model.posterior_sample, region, n=b).astype(np.float64)
+                    s = runner(model.posterior_sample, region, n=b, generator=generator).astype(np.float64)
                     b_mean = s.mean(0)
                     b_m2 = ((s - b_mean) ** 2).sum(0)
                     delta = b_mean - t_mean
@@ -269,7 +286,6 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
                     if kept is not None:
                         kept[(slice(None), i, slice(None)) + slices] += all_s * w
     finally:
-        model.to("cpu")
         free_memory(dev)
 
     result = DenoiseResult(info={"method": method, "tile": tile_shape, "tiles": len(tiles),
@@ -292,28 +308,19 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
     return result
 
 
-def run_to_end(gen):
-    """Drive a generator to its end and return its return value."""
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
-
-
 def denoise(model: COSDD, image: np.ndarray, axes: str, **kwargs) -> DenoiseResult:
     """Denoise one array (see denoise_iter for the options) and return all outputs."""
     return run_to_end(denoise_iter(model, image, axes, **kwargs))
 
 
-@torch.no_grad()
-def generate_noisy(model: COSDD, image: np.ndarray, axes: str, device: str = "auto",
-                   max_side: int = 512, seed: int | None = None, return_signal: bool = False):
-    """Sample a new noisy image from the AR decoder given the latents of a (central crop of an) image.
+def generate_noisy_iter(model: COSDD, image: np.ndarray, axes: str, device: str = "auto",
+                        max_side: int = 512, seed: int | None = None) -> Iterator[InferenceEvent]:
+    """Sample a new noisy image from the AR decoder given the latents of (a central crop of) an image.
 
-    Returns (crop of the real image, generated image), both (C, *spatial) in image units, so the
-    caller can compare their noise; with return_signal also the signal the generated image was drawn
-    around. Cost is linear in the line length (sliding window).
+    A generator of progress events (positions drawn along the lines) that returns (crop of the real
+    image, generated image, the signal the generated image was drawn around), each (C, *spatial) in
+    image units, so the caller can compare their noise. Cost is linear in the line length (sliding
+    window); closing the generator stops at the next position.
     """
     img = _model_input(model, image, axes)[1][0]
     m = model.config.size_multiple
@@ -325,17 +332,32 @@ def generate_noisy(model: COSDD, image: np.ndarray, axes: str, device: str = "au
         index.append(slice(start, start + side))
     real = img[tuple(index)]
     dev = resolve_device(device)
-    prepare_cpu()
-    if seed is not None:
-        torch.manual_seed(seed)
-    model = model.to(dev).eval()
+    model = borrow(model, dev)
     try:
-        x = model.normalise(torch.from_numpy(np.ascontiguousarray(real))[None].to(dev))
-        x, spatial = _pad_to_multiple(x, m)
-        noisy, signal = model.generate_noisy(x, return_signal=True)
-        out = model.denormalise(_crop_to(noisy, spatial))[0].cpu().numpy()
-        signal = model.denormalise(_crop_to(signal, spatial))[0].cpu().numpy()
+        with torch.no_grad():
+            x = model.normalise(torch.from_numpy(np.ascontiguousarray(real))[None].to(dev))
+            x, spatial = _pad_to_multiple(x, m)
+        steps = model.generate_noisy_iter(x, generator=_generator(dev, seed))
+        yield InferenceEvent(0, 1, "drawing new noise from the model")
+        while True:
+            try:
+                done, total = next(steps)
+            except StopIteration as stop:
+                noisy, signal = stop.value
+                break
+            if done % 8 == 0 or done == total:
+                yield InferenceEvent(done, total)
+        with torch.no_grad():
+            out = model.denormalise(_crop_to(noisy, spatial))[0].cpu().numpy()
+            signal = model.denormalise(_crop_to(signal, spatial))[0].cpu().numpy()
     finally:
-        model.to("cpu")
         free_memory(dev)
+    return real, out, signal
+
+
+def generate_noisy(model: COSDD, image: np.ndarray, axes: str, device: str = "auto",
+                   max_side: int = 512, seed: int | None = None, return_signal: bool = False):
+    """generate_noisy_iter to its end: (crop of the real image, generated image), and with
+    return_signal also the signal the generated image was drawn around."""
+    real, out, signal = run_to_end(generate_noisy_iter(model, image, axes, device, max_side, seed))
     return (real, out, signal) if return_signal else (real, out)

@@ -25,8 +25,11 @@ def gaussian_kl(mu_q: torch.Tensor, std_q: torch.Tensor, mu_p: torch.Tensor, std
     return 0.5 * ((std_q * std_q + (mu_q - mu_p) ** 2) / (std_p * std_p) - 1.0) - log_ratio
 
 
-def _draw(mu: torch.Tensor, std: torch.Tensor, sample: bool) -> torch.Tensor:
-    return mu + std * torch.randn_like(std) if sample else mu
+def _draw(mu: torch.Tensor, std: torch.Tensor, sample: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A reparameterised draw (or the mean); ``generator`` keeps a caller's random stream its own."""
+    if not sample:
+        return mu
+    return mu + std * torch.randn(std.shape, generator=generator, device=std.device, dtype=std.dtype)
 
 
 class TopDownLevel(nn.Module):
@@ -65,7 +68,7 @@ class TopDownLevel(nn.Module):
         return mu, _std(raw)
 
     def forward(self, td: torch.Tensor | None, bu: torch.Tensor | None, sample: bool = True,
-                top_shape: tuple[int, ...] | None = None):
+                top_shape: tuple[int, ...] | None = None, generator: torch.Generator | None = None):
         """Returns (features for the level below, element-wise KL or None when drawing from the prior)."""
         if bu is not None:
             q_in = bu if self.top else self.merge(bu, td)
@@ -73,12 +76,12 @@ class TopDownLevel(nn.Module):
             std_q = _std(raw_q)
             mu_p, std_p = self._prior(td, tuple(mu_q.shape))
             kl = gaussian_kl(mu_q, std_q, mu_p, std_p)
-            z = _draw(mu_q, std_q, sample)
+            z = _draw(mu_q, std_q, sample, generator)
         else:  # generating from the prior
             shape = top_shape if self.top else (td.shape[0], self.latents) + tuple(td.shape[2:])
             mu_p, std_p = self._prior(td, shape)
             kl = None
-            z = _draw(mu_p, std_p, True)
+            z = _draw(mu_p, std_p, True, generator)
         h = self.from_latent(z)
         if not self.top:
             h = self.skip(h, td)
@@ -112,21 +115,23 @@ class LadderVAE(nn.Module):
         """The deterministic pass: one stored value per level (shared by all posterior samples)."""
         return self.encoder(x, self._run)
 
-    def top_down(self, skips: list[torch.Tensor], sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample z level by level given the bottom-up values.
+    def top_down(self, skips: list[torch.Tensor], sample: bool = True,
+                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sample z level by level given the bottom-up values (from ``generator`` when given).
 
         Returns the code and the KL per image and level in nats, (B, levels), level 0 (finest) first.
         """
         td = None
         kls = []
         for i in range(self.config.levels - 1, -1, -1):
-            td, kl = self._run(self.levels[i], td, skips[i], sample)
+            td, kl = self._run(self.levels[i], td, skips[i], sample, None, generator)
             kls.append(kl.flatten(1).sum(1))
         return self.out(td), torch.stack(kls[::-1], dim=1)
 
-    def forward(self, x: torch.Tensor, sample: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, sample: bool = True,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """x: (B, C, *spatial), normalised. Returns (code (B, F, *spatial), KL (B, levels) in nats)."""
-        return self.top_down(self.bottom_up(x), sample)
+        return self.top_down(self.bottom_up(x), sample, generator)
 
     @torch.no_grad()
     def sample_prior(self, n: int, spatial_shape: tuple[int, ...], device=None) -> torch.Tensor:

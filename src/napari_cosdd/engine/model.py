@@ -12,6 +12,7 @@ from .ar_decoder import ARDecoder
 from .config import ModelConfig
 from .direct_denoiser import DirectDenoiser
 from .ladder_vae import LadderVAE
+from .progress import run_to_end
 from .signal_decoder import SignalDecoder
 
 
@@ -85,7 +86,7 @@ class COSDD(nn.Module):
 
     # ------------------------------------------------------------ inference (normalised units)
 
-    def posterior_sample(self, x: torch.Tensor, n: int = 1) -> torch.Tensor:
+    def posterior_sample(self, x: torch.Tensor, n: int = 1, generator: torch.Generator | None = None) -> torch.Tensor:
         """n samples of the clean image for each image in x, (n * B, C, *spatial), sample-major.
 
         The bottom-up pass is deterministic, so it runs once and only the top-down pass and the
@@ -94,7 +95,7 @@ class COSDD(nn.Module):
         skips = self.vae.bottom_up(x)
         if n > 1:
             skips = [s.repeat((n,) + (1,) * (s.dim() - 1)) for s in skips]
-        code, _ = self.vae.top_down(skips)
+        code, _ = self.vae.top_down(skips, generator=generator)
         return self.signal_decoder(code)
 
     def direct(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,12 +103,17 @@ class COSDD(nn.Module):
             raise ValueError("this model was trained without a Direct Denoiser; use the 'sample' method")
         return self.direct_denoiser(x)
 
-    def generate_noisy(self, x: torch.Tensor, return_signal: bool = False):
-        """Encode x, then draw a new noisy image from the AR decoder (checks the learned noise).
+    @torch.no_grad()
+    def generate_noisy_iter(self, x: torch.Tensor, generator: torch.Generator | None = None):
+        """Encode x, then draw a new noisy image from the AR decoder (checks the learned noise), as a
+        generator of (done, total) positions that returns (noisy, signal): the signal decoder's output
+        for the same latents, so that noisy - signal is the noise the model drew."""
+        code, _ = self.vae(x, generator=generator)
+        noisy = yield from self.ar_decoder.sample_iter(code, generator)
+        return noisy, self.signal_decoder(code)
 
-        With return_signal, also the signal decoder's output for the same latents: the generated
-        image minus it is the noise the model drew.
-        """
-        code, _ = self.vae(x)
-        noisy = self.ar_decoder.sample(code)
-        return (noisy, self.signal_decoder(code)) if return_signal else noisy
+    def generate_noisy(self, x: torch.Tensor, return_signal: bool = False,
+                       generator: torch.Generator | None = None):
+        """generate_noisy_iter to its end: the noisy image, and with return_signal its signal too."""
+        noisy, signal = run_to_end(self.generate_noisy_iter(x, generator))
+        return (noisy, signal) if return_signal else noisy

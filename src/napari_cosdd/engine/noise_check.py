@@ -12,8 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from .autocorrelation import EVIDENCE_LAGS, NoiseAutocorrelation, noise_autocorrelation
-from .inference import denoise, generate_noisy
+from .inference import InferenceEvent, denoise, generate_noisy_iter
 from .model import COSDD
+from .progress import run_to_end
 
 
 @dataclass
@@ -61,11 +62,13 @@ def _variance_by_signal(signal: np.ndarray, residual: np.ndarray, edges: np.ndar
     return out
 
 
-def check_noise(model: COSDD, image, axes: str, device: str = "auto", max_side: int = 256,
-                bins: int = 8, max_lag: int = 10, seed: int | None = 0) -> NoiseCheck:
-    """Generate a noisy image from the model on (a central crop of) `image` and compare its noise."""
-    real, generated, drawn_around = generate_noisy(model, image, axes, device=device, max_side=max_side,
-                                                   seed=seed, return_signal=True)
+def check_noise_iter(model: COSDD, image, axes: str, device: str = "auto", max_side: int = 256,
+                     bins: int = 8, max_lag: int = 10, seed: int | None = 0):
+    """check_noise as a generator of progress events (InferenceEvent) that returns the NoiseCheck;
+    closing it stops at the next position the noise model draws."""
+    real, generated, drawn_around = yield from generate_noisy_iter(model, image, axes, device=device,
+                                                                   max_side=max_side, seed=seed)
+    yield InferenceEvent(1, 1, "denoising the crop to compare the noise")
     spatial = "ZYX" if model.config.spatial_dims == 3 else "YX"
     crop_axes = "C" + spatial
     if model.direct_denoiser is not None:
@@ -83,3 +86,9 @@ def check_noise(model: COSDD, image, axes: str, device: str = "auto", max_side: 
                       _variance_by_signal(signal, real - signal, edges),
                       _variance_by_signal(drawn_around, generated - drawn_around, edges),
                       generated_signal=drawn_around)
+
+
+def check_noise(model: COSDD, image, axes: str, device: str = "auto", max_side: int = 256,
+                bins: int = 8, max_lag: int = 10, seed: int | None = 0) -> NoiseCheck:
+    """Generate a noisy image from the model on (a central crop of) `image` and compare its noise."""
+    return run_to_end(check_noise_iter(model, image, axes, device, max_side, bins, max_lag, seed))
