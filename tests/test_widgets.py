@@ -16,7 +16,7 @@ from napari_cosdd._qt.denoise_widget import PRETRAINED_KEY, DenoiseWidget
 from napari_cosdd._qt.noise_widget import AUTOMATIC, NoiseWidget
 from napari_cosdd._qt.train_widget import TrainWidget
 from napari_cosdd._sample_data import stripes_sample, stripes_stack_sample
-from napari_cosdd.engine.config import ModelConfig
+from napari_cosdd.engine.config import ModelConfig, model_config_from_preset
 from napari_cosdd.engine.model import COSDD
 from napari_cosdd.engine.model_file import save_model
 
@@ -181,12 +181,28 @@ def test_generate_noise_sample_shows_the_learned_noise(viewer, widgets, qtbot):
     _, _, denoise = widgets
     choose(denoise.image_combo, SRC)
     denoise.model_combo.setCurrentIndex(denoise.model_combo.findData(PRETRAINED_KEY))
+    progress = []
     denoise.noise_button.click()
+    assert denoise.worker is not None and not denoise.noise_button.isEnabled(), "runs in a worker"
+    denoise.worker.yielded.connect(lambda ev: progress.append(ev.fraction))
+    wait_idle(qtbot, denoise)
     layer = viewer.layers[f"{SRC}_cosdd_generated_noise"]
     assert layer.data.ndim == 2 and np.isfinite(layer.data).all()
     assert set(denoise.noise_profiles.curves) == {"real, along x", "generated, along x",
                                                   "real, along y", "generated, along y"}
     assert "ratio" in denoise.noise_summary.text()
+    assert progress and progress[-1] == 1.0 and denoise.noise_button.isEnabled()
+
+
+def test_generate_noise_sample_can_be_cancelled(viewer, widgets, qtbot):
+    _, _, denoise = widgets
+    choose(denoise.image_combo, SRC)
+    denoise.model_combo.setCurrentIndex(denoise.model_combo.findData(PRETRAINED_KEY))
+    denoise.noise_button.click()
+    denoise.cancel_button.click()
+    wait_idle(qtbot, denoise)
+    assert f"{SRC}_cosdd_generated_noise" not in viewer.layers
+    assert "Cancelled" in denoise.status.text()
 
 
 def test_a_2d_model_runs_plane_by_plane_on_a_stack(qtbot, tiny_model):
@@ -455,3 +471,80 @@ def test_a_3d_model_takes_the_stack_as_a_volume(qtbot, tmp_path):
     wait_idle(qtbot, denoise)
     out = viewer.layers["stripes stack (noisy)_cosdd_direct"].data
     assert out.shape == (16, 128, 128) and np.isfinite(out).all()
+
+
+# ------------------------------------------------------------------ one session per viewer
+
+
+def test_widgets_given_different_proxies_of_one_viewer_share_its_session(qtbot):
+    """napari passes each dock widget its own PublicOnlyProxy of the viewer: the widgets must still
+    find one session, so the model trained in Train reaches Denoise."""
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_cosdd._qt.session import session_for
+
+    v = ViewerModel()
+    for data, kwargs, _ in stripes_sample():
+        v.add_image(data, **kwargs)
+    noise, train, denoise = (cls(PublicOnlyProxy(v)) for cls in (NoiseWidget, TrainWidget, DenoiseWidget))
+    for w in (noise, train, denoise):
+        qtbot.addWidget(w)
+    assert noise.session is train.session is denoise.session is session_for(v)
+    model = COSDD(model_config_from_preset("tiny", crop_size=32, orientation="x"))
+    train.session.set_model(model, "made in the test")
+    assert denoise.model_combo.currentData() == "session" and denoise.session.model is model
+
+
+def test_a_session_goes_with_its_viewer_and_a_new_viewer_starts_empty():
+    import gc
+
+    from napari_cosdd._qt import session as S
+
+    v = ViewerModel()
+    S.session_for(v).set_model(object(), "old")
+    key = id(v)
+    del v
+    gc.collect()
+    assert key not in S._SESSIONS, "the viewer is gone, so is its model"
+    fresh = ViewerModel()
+    assert S.session_for(fresh).model is None
+    S.close_session(fresh)
+    assert id(fresh) not in S._SESSIONS
+
+
+def test_api_cli_and_widgets_share_the_guess():
+    from napari_cosdd._qt.common import default_axes as widget_axes
+    from napari_cosdd.engine.data import guess_axes
+    from napari_cosdd.engine.io import default_axes as file_axes
+
+    v = ViewerModel()
+    for ndim in (2, 3, 4):
+        layer = v.add_image(np.zeros((4,) * (ndim - 2) + (8, 8), np.float32))
+        for dims in (2, 3):
+            if ndim < dims:
+                continue
+            assert widget_axes(layer, dims) == file_axes(ndim, dims) == guess_axes(ndim, dims)
+
+
+def test_denoise_shows_the_axes_guess_lets_the_user_change_it_and_outputs_keep_the_geometry(qtbot, tiny_model):
+    v = ViewerModel()
+    stack = np.random.default_rng(0).random((3, 64, 64)).astype(np.float32)
+    v.add_image(stack, name="zstack", scale=(2.0, 0.5, 0.5), translate=(0, 10, 20),
+                units=("um", "um", "um"), axis_labels=("z", "y", "x"))
+    denoise = DenoiseWidget(v)
+    qtbot.addWidget(denoise)
+    denoise.session.set_model(tiny_model, "tiny")
+    choose(denoise.image_combo, "zstack")
+    assert denoise.axes.text() == "ZYX", "the layer's axis labels name the axes"
+    denoise.axes.setText("tyx")  # the user's word wins for this layer
+    denoise.denoise_button.click()
+    wait_idle(qtbot, denoise)
+    out = v.layers["zstack_cosdd_direct"]
+    assert out.data.shape == stack.shape
+    np.testing.assert_allclose(out.scale, (2.0, 0.5, 0.5))
+    np.testing.assert_allclose(out.translate, (0, 10, 20))
+    assert tuple(out.axis_labels) == ("z", "y", "x") and [str(u) for u in out.units] == ["micrometer"] * 3
+    assert denoise.axes.text() == "tyx"
+    denoise.axes.setText("CYX")  # 3 channels for a 1-channel model: a message, no layer touched
+    denoise.denoise_button.click()
+    assert denoise.worker is None and "channel" in denoise.status.text()

@@ -88,18 +88,14 @@ def default_input(viewer):
 
 
 def default_axes(layer, spatial_dims: int = 2) -> str:
-    """Axes of an image layer's data when nothing else is known: frames (T) or Z before Y, X.
+    """Axes of an image layer's data when the user has not said: the engine's one guess
+    (data.guess_axes) from the layer's metadata (the axes of the file it came from, or of our samples),
+    then its axis labels, then the rule."""
+    from ..engine.data import guess_axes
 
-    napari keeps channels in separate layers, so a layer has no C axis unless the user says so.
-    Sample metadata (napari-cosdd's own samples) name their axes.
-    """
-    named = layer.metadata.get("axes") if hasattr(layer, "metadata") else None
-    ndim = layer.data.ndim
-    if isinstance(named, str) and len(named) == ndim:
-        return named
-    if spatial_dims == 3:
-        return {3: "ZYX", 4: "TZYX", 5: "STZYX"}.get(ndim, "S" * max(ndim - 3, 0) + "ZYX")
-    return {2: "YX", 3: "TYX", 4: "TZYX", 5: "STZYX"}.get(ndim, "S" * max(ndim - 2, 0) + "YX")
+    meta = layer.metadata if hasattr(layer, "metadata") else {}
+    return guess_axes(layer.data.ndim, spatial_dims, file_axes=meta.get("axes"),
+                      labels=getattr(layer, "axis_labels", None))
 
 
 def check_image_layer(layer) -> str | None:
@@ -122,22 +118,35 @@ def layer_array(layer) -> np.ndarray:
     return np.asarray(data)
 
 
+def layer_geometry(layer) -> dict:
+    """What output layers take from their source: scale, translate, units and axis labels (plain values,
+    so the source may be deleted while the work runs)."""
+    geometry = {"scale": list(layer.scale), "translate": list(layer.translate)}
+    for key in ("units", "axis_labels"):
+        value = getattr(layer, key, None)
+        if value is not None:
+            geometry[key] = [str(v) for v in value]
+    return geometry
+
+
 def put_layer(viewer, data: np.ndarray, name: str, like=None, **kwargs):
-    """Update the layer called `name` in place, or add it; take scale and translate from `like`
-    (a layer or a dict), prepending 1 / 0 for extra leading axes (posterior samples)."""
+    """Update the layer called `name` in place, or add it; take scale, translate, units and axis labels
+    from `like` (a layer or a layer_geometry dict), with 1 / 0 / pixel / "sample" for extra leading axes
+    (posterior samples)."""
     if like is not None:
-        scale = list(like["scale"] if isinstance(like, dict) else like.scale)
-        translate = list(like["translate"] if isinstance(like, dict) else like.translate)
-        extra = data.ndim - len(scale)
-        kwargs.setdefault("scale", [1.0] * extra + scale[max(-extra, 0):])
-        kwargs.setdefault("translate", [0.0] * extra + translate[max(-extra, 0):])
+        geometry = like if isinstance(like, dict) else layer_geometry(like)
+        extra = data.ndim - len(geometry["scale"])
+        fill = {"scale": 1.0, "translate": 0.0, "units": "pixel", "axis_labels": "sample"}
+        for key, value in geometry.items():
+            values = list(value)
+            kwargs.setdefault(key, [fill[key]] * extra + values[max(-extra, 0):])
     kwargs.setdefault("metadata", {})
     kwargs["metadata"] = {**kwargs["metadata"], "cosdd_output": True}
     if name in viewer.layers:
         layer = viewer.layers[name]
         if isinstance(layer, Image) and layer.data.ndim == data.ndim:
             layer.data = data
-            for key in ("scale", "translate"):
+            for key in ("scale", "translate", "units", "axis_labels"):
                 if key in kwargs:
                     setattr(layer, key, kwargs[key])
             if "contrast_limits" in kwargs:

@@ -13,6 +13,7 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -29,6 +30,7 @@ from .common import (
     describe_error,
     guarded,
     layer_array,
+    layer_geometry,
     load_model_or_report,
     put_layer,
     report,
@@ -57,6 +59,11 @@ class DenoiseWidget(QWidget):
         self.load_button = QPushButton("Load model...")
         self.load_button.clicked.connect(self._load_dialog)
         self.image_combo = LayerCombo(napari_viewer, (Image,))
+        self.axes = QLineEdit()
+        self.axes.setToolTip("One letter per axis of the layer's data: T (time), Z, C (channel), S (sample), "
+                             "Y, X. Guessed from the layer (its file's axes, its axis labels), else T or Z "
+                             "before Y, X; edit it if the guess is wrong.")
+        self._axes_for = None  # (layer name, ndim, model dims) the text was guessed for
         self.method = QComboBox()
         self.method.addItems(["direct", "sample"])
         self.method.currentTextChanged.connect(self._method_changed)
@@ -99,6 +106,7 @@ class DenoiseWidget(QWidget):
         form = QFormLayout()
         form.addRow("model", model_row)
         form.addRow("image", self.image_combo)
+        form.addRow("axes", self.axes)
         form.addRow("method", self.method)
         form.addRow("samples", self.n_samples)
         form.addRow("outputs", outputs)
@@ -120,6 +128,27 @@ class DenoiseWidget(QWidget):
         self._refresh_models()
         self._method_changed(self.method.currentText())
         self._set_running(False)
+        self.image_combo.currentTextChanged.connect(lambda *_: self._show_axes_guess())
+        self.model_combo.currentIndexChanged.connect(lambda *_: self._show_axes_guess())
+        self._show_axes_guess()
+
+    def _model_dims(self) -> int:
+        key = self.model_combo.currentData()
+        model = self.session.model if key == SESSION_KEY else self._models.get(key)
+        return model.config.spatial_dims if model is not None else 2  # the shipped model is 2-D
+
+    def _show_axes_guess(self) -> None:
+        """Put the guessed axes in the field when the layer (or the model's dimensions) changed; an edit
+        the user made for this layer stays."""
+        layer = self.image_combo.current_layer()
+        if layer is None:
+            self.axes.setText("")
+            self._axes_for = None
+            return
+        key = (layer.name, layer.data.ndim, self._model_dims())
+        if key != self._axes_for:
+            self.axes.setText(default_axes(layer, key[2]))
+            self._axes_for = key
 
     # ------------------------------------------------------------------ models
 
@@ -193,7 +222,8 @@ class DenoiseWidget(QWidget):
         if model is None:
             report(self.status, "Choose a model: train one, load a file, or use the shipped stripes model.", "error")
             return None
-        axes = default_axes(layer, model.config.spatial_dims)
+        self._show_axes_guess()  # the model may be known only now (a file loaded on first use)
+        axes = self.axes.text().strip().upper() or default_axes(layer, model.config.spatial_dims)
         return model, layer, layer_array(layer), axes
 
     def start(self) -> None:
@@ -217,22 +247,26 @@ class DenoiseWidget(QWidget):
             report(self.status, describe_error(exc), "error")
             return
         # Everything the results need is captured now: deleting the layer meanwhile is harmless.
-        self._job = dict(source=layer.name, like={"scale": list(layer.scale), "translate": list(layer.translate)},
+        self._job = dict(source=layer.name, like=layer_geometry(layer),
                          want_mean=not sampled or self.want_mean.isChecked())
         from ..engine.inference import denoise_iter
 
+        self._start_worker(denoise_iter(model, data, axes, **options), self._on_result)
+        report(self.status, f"Denoising '{layer.name}' ({options['method']})...")
+
+    def _start_worker(self, gen, on_result) -> None:
+        """Run an engine generator in a thread worker: progress to the bar, the result to on_result,
+        errors as messages, Cancel stops it at its next event."""
         self._cancel = threading.Event()
         # Errors are ours to report (as messages): _ignore_errors keeps superqt from re-raising them.
-        self.worker = create_worker(guarded, denoise_iter(model, data, axes, **options), self._cancel,
-                                    _start_thread=False, _ignore_errors=True)
+        self.worker = create_worker(guarded, gen, self._cancel, _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_progress)
-        self.worker.returned.connect(self._on_result)
+        self.worker.returned.connect(on_result)
         self.worker.errored.connect(lambda exc: report(self.status, describe_error(exc), "error"))
         self.worker.finished.connect(self._on_finished)
         self.destroyed.connect(self._cancel.set)
         self._set_running(True)
         self.progress.setValue(0)
-        report(self.status, f"Denoising '{layer.name}' ({options['method']})...")
         self.worker.start()
 
     def cancel(self) -> None:
@@ -297,8 +331,11 @@ class DenoiseWidget(QWidget):
         return data[index]
 
     def generate_noise(self) -> None:
-        from ..engine.noise_check import check_noise
+        """Draw new noise from the model around the shown plane's signal, in a worker (progress, Cancel)."""
+        from ..engine.noise_check import check_noise_iter
 
+        if self.worker is not None:
+            return
         prepared = self._prepare()
         if prepared is None:
             return
@@ -306,15 +343,26 @@ class DenoiseWidget(QWidget):
         try:
             plane = self._current_plane(layer, data, model.config.spatial_dims)
             spatial_axes = "ZYX" if model.config.spatial_dims == 3 else "YX"
-            result = check_noise(model, plane, spatial_axes, device="auto")
+            gen = check_noise_iter(model, plane, spatial_axes, device="auto")
         except Exception as exc:  # noqa: BLE001
             report(self.status, describe_error(exc), "error")
             return
+        # What the result needs from the layer, captured now: deleting the layer meanwhile is harmless.
+        self._noise_job = dict(name=layer.name, plane_shape=plane.shape, scale=list(layer.scale),
+                               translate=list(layer.translate))
+        self._start_worker(gen, self._on_noise_result)
+        report(self.status, f"Drawing new noise from the model on '{layer.name}'...")
+
+    def _on_noise_result(self, result) -> None:
+        if result is None:  # cancelled
+            return
+        job = self._noise_job
         generated = result.generated[0]
-        offset = [(s - g) // 2 for s, g in zip(plane.shape, generated.shape)]
-        scale = list(layer.scale)[-generated.ndim:]
-        translate = [t + o * sc for t, o, sc in zip(list(layer.translate)[-generated.ndim:], offset, scale)]
-        put_layer(self.viewer, generated, f"{layer.name}_cosdd_generated_noise", scale=scale, translate=translate)
+        offset = [(s - g) // 2 for s, g in zip(job["plane_shape"], generated.shape)]
+        scale = job["scale"][-generated.ndim:]
+        translate = [t + o * sc for t, o, sc in zip(job["translate"][-generated.ndim:], offset, scale)]
+        name = f"{job['name']}_cosdd_generated_noise"
+        put_layer(self.viewer, generated, name, scale=scale, translate=translate)
         profiles, dashed = {}, set()
         for a in result.real_autocorrelation.profiles:
             profiles[f"real, along {a}"] = result.real_autocorrelation.profiles[a]
@@ -323,8 +371,8 @@ class DenoiseWidget(QWidget):
         self.noise_profiles.set_profiles(profiles, dashed)
         self.noise_profiles.setVisible(True)
         self.noise_summary.setText(result.summary().splitlines()[-1])
-        report(self.status, f"Generated noise added as '{layer.name}_cosdd_generated_noise'; the plot compares "
-                            "its autocorrelation (dashed) with the real noise's.")
+        report(self.status, f"Generated noise added as '{name}'; the plot compares its autocorrelation "
+                            "(dashed) with the real noise's.")
 
     def closeEvent(self, event) -> None:
         if self.worker is not None:
