@@ -129,8 +129,8 @@ def table(ours_tag: str = "ours") -> str:
     lines = [
         "| cell | noisy | ours: 1 sample / mean of 20 / direct | KL per level (finest first) | steps, s "
         "| reference small: 1 sample / mean of 20 / direct | steps | direct - ref. direct | mean20 - ref. mean20 "
-        "| #11 targets |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| #11 targets | output check of our direct |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for image in R.IMAGES:
         for noise in R.NOISES:
@@ -147,7 +147,12 @@ def table(ours_tag: str = "ours") -> str:
             if o is not None and r is not None:
                 diff = (f"{o['psnr']['direct'] - r['psnr']['direct']:+.2f}",
                         f"{o['psnr']['mean20'] - r['psnr']['mean20']:+.2f}", targets(o, r))
-            lines.append(f"| {image} {noise} | {noisy} | " + " | ".join(ours_cols + ref_cols + diff) + " |")
+            check = ""
+            if o is not None and "output_check" in o:
+                c = o["output_check"]["direct"]
+                check = c["verdict"] + (f", gain at most {c['gain_at_most_db']:+.1f} dB"
+                                        if c["gain_at_most_db"] < 20 else "")
+            lines.append(f"| {image} {noise} | {noisy} | " + " | ".join(ours_cols + ref_cols + diff + (check,)) + " |")
     return "\n".join(lines)
 
 

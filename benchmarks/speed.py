@@ -40,7 +40,8 @@ def calibration(threads: int) -> float:
     return float(np.median(times[5:]))
 
 
-def train_speed(preset: str, steps: int, threads: int, device: str, bf16: bool, batch: int, crop: int) -> dict:
+def train_speed(preset: str, steps: int, threads: int, device: str, bf16: bool, batch: int, crop: int,
+                channels_last: bool = False) -> dict:
     import torch
 
     from napari_cosdd.engine.config import model_config_from_preset
@@ -52,6 +53,8 @@ def train_speed(preset: str, steps: int, threads: int, device: str, bf16: bool, 
     torch.manual_seed(0)
     dev = resolve_device(device)
     model = COSDD(model_config_from_preset(preset, crop)).to(dev).train()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     groups = model.parameter_groups()
     optimisers = [torch.optim.Adamax(p, lr=2e-3) for p in groups.values()]
     from napari_cosdd.engine.synthetic import make_dataset
@@ -59,7 +62,7 @@ def train_speed(preset: str, steps: int, threads: int, device: str, bf16: bool, 
     noisy, _ = make_dataset("stripes", n_images=4, shape=(256, 256), seed=0)
     noisy = (noisy - noisy.mean()) / noisy.std()
     rng = np.random.default_rng(0)
-    use_bf16 = bf16 and dev.type == "cuda"
+    use_bf16 = bf16  # on a CPU too: bf16 autocast where the CPU has bf16 instructions (AVX-512 bf16, AMX)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
 
@@ -68,7 +71,7 @@ def train_speed(preset: str, steps: int, threads: int, device: str, bf16: bool, 
         for _ in range(batch):
             i, y, x = rng.integers(4), rng.integers(256 - crop), rng.integers(256 - crop)
             out.append(noisy[i, None, y:y + crop, x:x + crop])
-        return torch.from_numpy(np.stack(out)).to(dev)
+        return torch.from_numpy(np.stack(out)).to(dev).contiguous(memory_format=layout)
 
     times = []
     for i in range(steps + 5):
@@ -76,7 +79,7 @@ def train_speed(preset: str, steps: int, threads: int, device: str, bf16: bool, 
         if dev.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
             losses = model.losses(x)
         total = losses["elbo"] + losses["signal"] + losses["direct"]
         for o in optimisers:
@@ -91,7 +94,8 @@ def train_speed(preset: str, steps: int, threads: int, device: str, bf16: bool, 
         if i >= 5:  # warm-up excluded
             times.append(time.perf_counter() - t)
     out = {"preset": preset, "s_per_step_median": float(np.median(times)), "s_per_step_min": float(np.min(times)),
-           "steps": steps, "batch": batch, "crop": crop, "bf16": use_bf16, "peak_rss_mib": _peak_rss_mib(),
+           "steps": steps, "batch": batch, "crop": crop, "bf16": use_bf16, "channels_last": channels_last,
+           "peak_rss_mib": _peak_rss_mib(),
            "params_m": sum(p.numel() for p in model.parameters()) / 1e6}
     if dev.type == "cuda":
         out["peak_gpu_mib"] = torch.cuda.max_memory_allocated(dev) / 2**20
@@ -165,12 +169,24 @@ def main() -> None:
     p.add_argument("--big", type=int, default=2048, help="side of the image for the memory-bounded direct run")
     p.add_argument("--skip-inference", action="store_true")
     p.add_argument("--autocorr-only", action="store_true", help="only the autocorrelation timing")
+    p.add_argument("--cpu-variants", action="store_true",
+                   help="training only, CPU: fp32 and bf16 autocast, each with and without channels-last")
     args = p.parse_args()
 
     print(f"# machine: {platform.processor() or platform.machine()}, {args.threads} threads, device {args.device}")
     print(f"# calibration: conv3x3 64->64 4x64x64 fwd+bwd {calibration(args.threads) * 1e3:.1f} ms")
     print("autocorr", json.dumps(_child("autocorr_speed", dict(size=args.big))), flush=True)
     if args.autocorr_only:
+        return
+    if args.cpu_variants:
+        for preset in args.presets:
+            for bf16 in (False, True):
+                for channels_last in (False, True):
+                    r = _child("train_speed", dict(preset=preset, steps=args.steps, threads=args.threads,
+                                                   device="cpu", bf16=bf16, batch=args.batch, crop=args.crop,
+                                                   channels_last=channels_last))
+                    print("train", json.dumps(r), flush=True)
+        print(f"# calibration after: {calibration(args.threads) * 1e3:.1f} ms")
         return
     precisions = [False, True] if args.device.startswith("cuda") else [False]
     for preset in args.presets:

@@ -110,8 +110,10 @@ def main(argv=None) -> int:
     run = model.history[-1]
     print(f"trained {run['steps']} steps in {run['seconds'] / 60:.2f} min, best val elbo {run['best_val_elbo']:.4f}")
 
-    out = save_model(model, args.out, extra={"trained_on": "synthetic stripes, napari_cosdd._sample_data",
-                                             "script": "scripts/make_pretrained_model.py"})
+    # Only for denoising: the optimiser state (to resume training) would triple the wheel's model file.
+    out = save_model(model, args.out, training_state=False,
+                     extra={"trained_on": "synthetic stripes, napari_cosdd._sample_data",
+                            "script": "scripts/make_pretrained_model.py"})
     size_mb = out.stat().st_size / 2**20
     print(f"saved {out} ({out.stat().st_size} bytes, {size_mb:.2f} MiB)")
 

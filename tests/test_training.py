@@ -118,6 +118,48 @@ def test_resume_continues_from_the_model(stripes_small, tiny_model):
     assert len(trainer.model.history) == len(tiny_model.history)
 
 
+def test_resume_continues_the_optimisers_from_the_model_file(stripes_small, tmp_path):
+    from napari_cosdd.engine.model_file import load_model, save_model
+
+    first = _trainer(stripes_small[0], max_steps=12, val_every=4)
+    list(first.fit())
+    loaded = load_model(save_model(first.model, tmp_path / "m.cosdd"))  # weights-only loading
+    state = loaded.training_state
+    assert state["optimizer"] == "adamax" and state["steps"] == 12 and state["best_val_elbo"] is not None
+    assert {int(v["step"]) for v in state["optimisers"]["elbo"]["state"].values()} == {12}
+    resumed = Trainer(stripes_small[0], "SYX", model=loaded, train_config=TrainConfig(
+        max_steps=6, val_every=3, crop_size=32, seed=0, device="cpu", val_crops=4))
+    events = list(resumed.fit())
+    assert "continued from step 12" in events[0].message
+    after = resumed.model.training_state["optimisers"]["elbo"]["state"]
+    assert {int(v["step"]) for v in after.values()} == {18}, "the optimisers' steps went on from 12"
+    assert load_model(save_model(resumed.model, tmp_path / "small.cosdd", training_state=False)).training_state is None
+
+
+def test_resuming_never_ends_worse_than_it_started(stripes_small, monkeypatch):
+    """A resumed run whose every step makes things worse (here each optimiser step adds noise to the
+    weights) keeps the weights it started from: they are the best until this run's validations beat them."""
+    first = _trainer(stripes_small[0], max_steps=12, val_every=4)
+    list(first.fit())
+    started = first.validate()["elbo"]
+    before = {k: v.clone() for k, v in first.model.state_dict().items()}
+
+    @torch.no_grad()
+    def wrecking_step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(0.05 * torch.randn_like(p))
+
+    monkeypatch.setattr(torch.optim.Adamax, "step", wrecking_step)
+    resumed = Trainer(stripes_small[0], "SYX", model=first.model, train_config=TrainConfig(
+        max_steps=6, val_every=3, crop_size=32, seed=0, device="cpu", val_crops=4))
+    events = list(resumed.fit())
+    vals = [e.val["elbo"] for e in events if e.kind == "validation"]
+    assert len(vals) == 2 and min(vals) > started, "the wrecking run made every validation worse"
+    assert resumed.validate()["elbo"] == pytest.approx(started, rel=1e-6)
+    assert all(torch.equal(before[k], v) for k, v in resumed.model.state_dict().items())
+
+
 def test_resume_refuses_other_channel_counts(tiny_model):
     rgbish = np.random.default_rng(0).normal(size=(2, 64, 64)).astype(np.float32)
     with pytest.raises(ValueError, match="channel"):

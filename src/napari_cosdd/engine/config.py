@@ -181,7 +181,9 @@ class TrainConfig:
     collapse_restarts: int = 1      # fresh starts (new seed) the guard makes before it stops training
     seed: int | None = 0
     device: str = "auto"
-    bf16: bool = True               # bf16 autocast on CUDA only; CPU always trains in fp32
+    bf16: bool = True               # bf16 autocast on CUDA
+    cpu_bf16: bool = False          # bf16 autocast on CPUs with bf16 instructions (AVX-512 BF16, AMX)
+    channels_last: bool = True      # 2-D models train in channels-last layout (same arithmetic, faster on CPU)
     checkpointing: bool = False     # activation checkpointing (saves GPU memory, costs time)
     threads: int | None = None      # CPU threads for torch (None = torch's default)
     clip_outliers: tuple[float, float] | None = None   # percentiles, e.g. (0.1, 99.9)
@@ -236,6 +238,8 @@ FIELD_HELP = {
     "collapse_patience": "validations in a row under collapse_kl before the guard acts",
     "collapse_restarts": "fresh starts with a new seed before training stops on a collapse",
     "bf16": "bf16 autocast on CUDA",
+    "cpu_bf16": "bf16 autocast on CPUs that have bf16 instructions (AVX-512 BF16, AMX); fp32 on others",
+    "channels_last": "train 2-D models in channels-last memory layout (same arithmetic, faster on CPU)",
     "checkpointing": "activation checkpointing (less GPU memory, slower)",
     "threads": "CPU threads for torch",
     "clip_outliers": "clip the input to these two percentiles, e.g. 0.1 99.9",

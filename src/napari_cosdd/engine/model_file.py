@@ -45,8 +45,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def save_model(model: COSDD, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write the model to `path` atomically (a partly written file never replaces a good one)."""
+def save_model(model: COSDD, path: str | os.PathLike, extra: dict | None = None,
+               training_state: bool = True) -> Path:
+    """Write the model to `path` atomically (a partly written file never replaces a good one).
+
+    With training_state (the default), the optimisers' and the schedule's state of the last training
+    run go in as well, so that training can resume where it stopped; they about triple the file's size,
+    and a file meant only for denoising can leave them out.
+    """
     path = Path(path)
     payload = {
         "format": FORMAT,
@@ -58,6 +64,9 @@ def save_model(model: COSDD, path: str | os.PathLike, extra: dict | None = None)
         "history": _plain(getattr(model, "history", [])),
         "extra": _plain(extra or {}),
     }
+    state = getattr(model, "training_state", None)
+    if training_state and state:
+        payload["training_state"] = state
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".part", dir=path.parent)
     os.close(fd)
@@ -116,5 +125,6 @@ def load_model(path: str | os.PathLike) -> COSDD:
         raise ModelFileError(f"{path} does not match this version's model layout: {err}") from err
     model.history = payload.get("history", [])
     model.extra = payload.get("extra", {})
+    model.training_state = payload.get("training_state")
     model.package_version = payload.get("package_version")
     return model.eval()
