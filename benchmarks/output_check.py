@@ -15,7 +15,6 @@ trained models' own outputs are checked in the matrix runs (benchmarks/real_matr
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
@@ -25,7 +24,6 @@ from napari_cosdd.engine.output_check import check_output
 
 #: The orientation each noise of the matrix is correlated along.
 ORIENTATION = {"x": "x", "y": "y", "camera": "x", "none": "none"}
-DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks.md")
 BEGIN, END = "<!-- output check: begin -->", "<!-- output check: end -->"
 MARK = {"ok": "", "doubtful": " ?", "worse": " !"}
 
@@ -73,15 +71,7 @@ def main() -> None:
     summary = ", ".join(f"{k}: {v}" for k, v in counts.items())
     print(summary)
     if args.write:
-        with open(DOCS) as f:
-            doc = f.read()
-        if BEGIN not in doc:
-            raise SystemExit(f"{DOCS} has no '{BEGIN}' marker; add the markers where the table belongs")
-        head, rest = doc.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        with open(DOCS, "w") as f:
-            f.write(head + BEGIN + "\n" + table + "\n\n" + summary + "\n" + END + tail)
-        print(f"written into {os.path.relpath(DOCS)}")
+        R.write_into_docs(table + "\n\n" + summary, BEGIN, END)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from napari_cosdd.engine.train import Trainer
 
 QUICK_CELLS = ["nuclei2d_camera", "moon_x"]
 QUICK_MINUTES = 3.0
-DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks.md")
 BEGIN, END = "<!-- real-data matrix: begin -->", "<!-- real-data matrix: end -->"
 
 
@@ -159,17 +158,8 @@ def table(ours_tag: str = "ours") -> str:
 def cmd_table(args) -> None:
     text = table(args.tag)
     print(text)
-    if args.no_write:
-        return
-    with open(DOCS) as f:
-        doc = f.read()
-    if BEGIN not in doc:
-        raise SystemExit(f"{DOCS} has no '{BEGIN}' marker; add the markers where the table belongs")
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    with open(DOCS, "w") as f:
-        f.write(head + BEGIN + "\n" + text + "\n" + END + tail)
-    print(f"written into {os.path.relpath(DOCS)}")
+    if not args.no_write:
+        R.write_into_docs(text, BEGIN, END)
 
 
 def main() -> None:

@@ -214,3 +214,21 @@ def load_results(method: str) -> dict[tuple[str, str], dict]:
             record = json.load(f)
         out[(record["image"], record["noise"])] = record
     return out
+
+
+# ---------------------------------------------------------------- the docs
+
+DOCS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "benchmarks.md")
+
+
+def write_into_docs(text: str, begin: str, end: str) -> None:
+    """Replace what stands between the markers ``begin`` and ``end`` in docs/benchmarks.md with text."""
+    with open(DOCS) as f:
+        doc = f.read()
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{DOCS} has no '{begin}' ... '{end}' markers; add them where the table belongs")
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    with open(DOCS, "w") as f:
+        f.write(head + begin + "\n" + text + "\n" + end + tail)
+    print(f"written into {os.path.relpath(DOCS)}")

@@ -160,6 +160,27 @@ def test_resuming_never_ends_worse_than_it_started(stripes_small, monkeypatch):
     assert all(torch.equal(before[k], v) for k, v in resumed.model.state_dict().items())
 
 
+def test_channels_last_and_cpu_bf16_train_the_same_model(stripes_small):
+    """Channels-last is a memory layout: the same arithmetic up to rounding, and the model comes back in
+    the ordinary layout. bf16 on a CPU with bf16 instructions stays close to fp32; on one without, the
+    run says it stays in fp32."""
+    from napari_cosdd.engine.device import cpu_has_bf16
+
+    plain = _trainer(stripes_small[0], channels_last=False)
+    list(plain.fit())
+    reference = plain.validate()["elbo"]
+    laid_out = _trainer(stripes_small[0], channels_last=True)
+    list(laid_out.fit())
+    assert laid_out.validate()["elbo"] == pytest.approx(reference, abs=1e-3)
+    assert all(p.is_contiguous() for p in laid_out.model.parameters())
+    half = _trainer(stripes_small[0], cpu_bf16=True)
+    events = list(half.fit())
+    if cpu_has_bf16():
+        assert half.validate()["elbo"] == pytest.approx(reference, abs=0.02)
+    else:
+        assert "stays in fp32" in events[0].message
+
+
 def test_resume_refuses_other_channel_counts(tiny_model):
     rgbish = np.random.default_rng(0).normal(size=(2, 64, 64)).astype(np.float32)
     with pytest.raises(ValueError, match="channel"):
