@@ -181,6 +181,19 @@ def test_channels_last_and_cpu_bf16_train_the_same_model(stripes_small):
         assert "stays in fp32" in events[0].message
 
 
+def test_training_leaves_the_threads_denormal_setting_as_it_found_it(stripes_small):
+    """Flushing denormals speeds training up but is a per-thread process setting: fit() puts it back."""
+    from napari_cosdd.engine.device import denormals_flushed
+
+    for setting in (False, True):
+        torch.set_flush_denormal(setting)
+        try:
+            list(_trainer(stripes_small[0], max_steps=2, val_every=2).fit())
+            assert denormals_flushed() == setting
+        finally:
+            torch.set_flush_denormal(False)
+
+
 def test_resume_refuses_other_channel_counts(tiny_model):
     rgbish = np.random.default_rng(0).normal(size=(2, 64, 64)).astype(np.float32)
     with pytest.raises(ValueError, match="channel"):

@@ -390,7 +390,7 @@ class Trainer:
         _seed_everything(cfg.seed)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        prepare_cpu()
+        flushed_before = prepare_cpu()  # put back at the end: the caller's thread is left as it was
         home = next(self.model.parameters()).device
         model = self.model.to(self.device, memory_format=self._layout)
         model.vae.checkpointing = cfg.checkpointing
@@ -545,6 +545,7 @@ class Trainer:
             model.history = self.history
             model.training_state = self._training_state(optimisers, scheduler, average, best_val)
             model.to(home, memory_format=torch.contiguous_format)  # back where and as the caller had it
+            torch.set_flush_denormal(flushed_before)
             free_memory(self.device)
         yield event("done", finished_reason)
 
