@@ -108,6 +108,7 @@ def main() -> None:
     show_only(viewer, src)
     denoise.method.setCurrentText("direct")
     denoise.noise_button.click()
+    wait_for(denoise)  # it runs in a worker now, like denoising
     show_only(viewer, f"{src}_cosdd_generated_noise")
     viewer.reset_view()
     shot("05_generated_noise.png", dock_denoise)
