@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .autocorrelation import EVIDENCE_LAGS, NoiseAutocorrelation, noise_autocorrelation
-from .inference import InferenceEvent, denoise, generate_noisy_iter
+from .device import resolve_device
+from .inference import InferenceEvent, borrow, denoise, generate_noisy_iter
 from .model import COSDD
 from .progress import run_to_end
 
@@ -66,6 +67,7 @@ def check_noise_iter(model: COSDD, image, axes: str, device: str = "auto", max_s
                      bins: int = 8, max_lag: int = 10, seed: int | None = 0):
     """check_noise as a generator of progress events (InferenceEvent) that returns the NoiseCheck;
     closing it stops at the next position the noise model draws."""
+    model = borrow(model, resolve_device(device))  # one eval-mode copy (at most) for both passes below
     real, generated, drawn_around = yield from generate_noisy_iter(model, image, axes, device=device,
                                                                    max_side=max_side, seed=seed)
     yield InferenceEvent(1, 1, "denoising the crop to compare the noise")

@@ -121,9 +121,9 @@ class WeightAverage:
 def _snapshot(model: COSDD, average: WeightAverage | None = None) -> dict[str, torch.Tensor]:
     """A CPU copy of the weights, to restore the best ones at the end; with `average`, the Direct
     Denoiser's averaged weights stand in for its current ones."""
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = _cpu_copy(model.state_dict())
     if average is not None:
-        state.update({f"direct_denoiser.{k}": v.detach().cpu().clone() for k, v in average.state.items()})
+        state.update({f"direct_denoiser.{k}": v for k, v in _cpu_copy(average.state).items()})
     return state
 
 
@@ -404,18 +404,18 @@ class Trainer:
             compute_losses = model.losses
         guard = CollapseGuard(cfg.collapse_kl, cfg.collapse_patience, cfg.collapse_restarts)
         best_val = math.inf
-        resume_note = []
+        start_notes = []
         if self.history:  # trained weights: they are the best so far until this run's validations beat them
             optimisers, scheduler, average, note = self._restore_training_state(groups)
-            resume_note.append(note)
+            start_notes.append(note)
             best_val = self._agreed_validation(average)["elbo"]
-            resume_note.append(f"the loaded weights' validation ELBO is {best_val:.4f}; they are kept unless "
+            start_notes.append(f"the loaded weights' validation ELBO is {best_val:.4f}; they are kept unless "
                                "this run does better")
         else:
             optimisers, scheduler, average = self._optimisation(groups)
         best_state = _snapshot(model, average)
         if cfg.cpu_bf16 and self.device.type == "cpu" and not cpu_has_bf16():
-            resume_note.append("cpu_bf16: this CPU has no bf16 instructions, so training stays in fp32")
+            start_notes.append("cpu_bf16: this CPU has no bf16 instructions, so training stays in fp32")
         since_best = 0
         consecutive_bad = 0
         skipped = 0
@@ -444,7 +444,7 @@ class Trainer:
                 best_val=None if math.isinf(best_val) else best_val, skipped_steps=skipped, message=message,
             )
 
-        yield event("start", "; ".join(self.messages + resume_note + [
+        yield event("start", "; ".join(self.messages + start_notes + [
             f"device {self.device}", f"crop {self.crop}", f"{self.steps_per_epoch} steps per epoch"]))
         try:
             while True:
