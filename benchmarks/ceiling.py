@@ -20,8 +20,8 @@ import torch.nn.functional as F
 
 from napari_cosdd.engine import config as C
 from napari_cosdd.engine.device import prepare_cpu
-from napari_cosdd.engine.direct_denoiser import DirectDenoiser
-from napari_cosdd.engine.synthetic import excess_row_autocorrelation, make_dataset, psnr
+from napari_cosdd.engine.nets.direct_denoiser import DirectDenoiser
+from napari_cosdd.synthetic import excess_row_autocorrelation, make_dataset, psnr
 
 
 def main() -> None:

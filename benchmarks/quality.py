@@ -18,7 +18,7 @@ import torch
 from napari_cosdd.engine import config as C
 from napari_cosdd.engine.inference import denoise
 from napari_cosdd.engine.model_file import load_model, save_model
-from napari_cosdd.engine.synthetic import excess_row_autocorrelation, make_dataset, psnr
+from napari_cosdd.synthetic import excess_row_autocorrelation, make_dataset, psnr
 from napari_cosdd.engine.train import Trainer
 
 

@@ -29,12 +29,29 @@ import torch
 import realdata as R
 from napari_cosdd.engine import config as C
 from napari_cosdd.engine.autocorrelation import noise_autocorrelation
+from napari_cosdd.engine.calibration import calibrate, coverage, reliability
 from napari_cosdd.engine.inference import denoise
 from napari_cosdd.engine.train import Trainer
 
 QUICK_CELLS = ["nuclei2d_camera", "moon_x"]
 QUICK_MINUTES = 3.0
 BEGIN, END = "<!-- real-data matrix: begin -->", "<!-- real-data matrix: end -->"
+CAL_BEGIN, CAL_END = "<!-- calibration: begin -->", "<!-- calibration: end -->"
+CAL_PLOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "images", "calibration_matrix.png")
+
+
+def calibration_figures(std: np.ndarray, mean: np.ndarray, clean: np.ndarray) -> dict:
+    """Issue #14's figures: the posterior std of 20 samples as an error bar of their mean. The scale is
+    fitted on the first half of the scored frames and judged on the other half."""
+    half = len(clean) // 2
+    cal = calibrate(std[:half], mean[:half], clean[:half], fitted_on=f"frames 0-{half - 1}")
+    scale = cal.scales[0]
+    held = (std[half:], mean[half:], clean[half:])
+    before, after = reliability(*held), reliability(*held).scaled(scale)
+    return {"scale": scale, "ence_before": before.ence, "ence_after": after.ence,
+            "coverage_before": coverage(*held), "coverage_after": coverage(*held, scale=scale),
+            "bins_before": before.to_dict(), "bins_after": after.to_dict(), "fitted_on": cal.fitted_on,
+            "held_out": f"frames {half}-{len(clean) - 1}"}
 
 
 def run_cell(cell: R.Cell, args) -> dict:
@@ -62,13 +79,14 @@ def run_cell(cell: R.Cell, args) -> dict:
     x, clean = cell.noisy[:R.EVAL_FRAMES], cell.clean[:R.EVAL_FRAMES]
     direct_result = denoise(model, x, "SYX", method="direct", device="cpu")
     one = denoise(model, x, "SYX", method="sample", n_samples=1, variance=False, device="cpu", seed=1).mean
-    mean20_result = denoise(model, x, "SYX", method="sample", n_samples=20, variance=False, device="cpu", seed=2)
+    mean20_result = denoise(model, x, "SYX", method="sample", n_samples=20, variance=True, device="cpu", seed=2)
     direct, mean20 = direct_result.direct, mean20_result.mean
     return {
         "psnr": {"noisy": R.psnr_frames(clean, x.astype(np.float32)), "sample": R.psnr_frames(clean, one),
                  "mean20": R.psnr_frames(clean, mean20), "direct": R.psnr_frames(clean, direct)},
         # the engine's own verdict, made without the clean frames (engine/output_check.py)
         "output_check": {"direct": direct_result.check.to_dict(), "mean20": mean20_result.check.to_dict()},
+        "calibration": calibration_figures(mean20_result.std, mean20, clean),
         "kl_per_level": [val[f"kl_{i}"] for i in range(model.config.levels)],
         "val_elbo": val["elbo"],
         "steps": trainer.steps_done,
@@ -155,11 +173,72 @@ def table(ours_tag: str = "ours") -> str:
     return "\n".join(lines)
 
 
+def calibration_table(ours_tag: str = "ours") -> str:
+    """Issue #14's table: the std of 20 samples as an error bar of their mean, per cell (scale fitted on
+    frames 0-2, judged on frames 3-5)."""
+    lines = ["| cell | scale | ENCE before -> after | 68 % interval covers (before -> after) "
+             "| 95 % interval covers (before -> after) |", "| --- | --- | --- | --- | --- |"]
+    for (image, noise), o in sorted(R.load_results(ours_tag).items(),
+                                    key=lambda kv: (R.IMAGES.index(kv[0][0]), R.NOISES.index(kv[0][1]))):
+        c = o.get("calibration")
+        if c is None:
+            continue
+        cb, ca = c["coverage_before"], c["coverage_after"]
+        lines.append(f"| {image} {noise} | {c['scale']:.2f} | {c['ence_before']:.2f} -> {c['ence_after']:.2f} "
+                     f"| {100 * cb['68']:.0f} % -> {100 * ca['68']:.0f} % | {100 * cb['95']:.0f} % -> "
+                     f"{100 * ca['95']:.0f} % |")
+    return "\n".join(lines)
+
+
+def calibration_plot(ours_tag: str = "ours", path: str = CAL_PLOT) -> str | None:
+    """One PNG with RMSE against RMV per cell (before and after the fitted scale), drawn with pyqtgraph
+    offscreen; None when no cell has calibration figures yet."""
+    results = [(k, o) for k, o in sorted(R.load_results(ours_tag).items(),
+                                         key=lambda kv: (R.IMAGES.index(kv[0][0]), R.NOISES.index(kv[0][1])))
+               if "calibration" in o]
+    if not results:
+        return None
+    os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    import pyqtgraph as pg
+    import pyqtgraph.exporters
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([])  # noqa: F841 - Qt needs it alive while drawing
+    pg.setConfigOptions(background="w", foreground="k", antialias=True)
+    columns = 4
+    grid = pg.GraphicsLayoutWidget()
+    grid.resize(300 * columns, 270 * ((len(results) + columns - 1) // columns))
+    for i, ((image, noise), o) in enumerate(results):
+        c = o["calibration"]
+        before, after = c["bins_before"], c["bins_after"]
+        plot = grid.addPlot(row=i // columns, col=i % columns, title=f"{image} {noise}")
+        plot.setLabel("bottom", "RMV (predicted std)")
+        plot.setLabel("left", "RMSE")
+        top = 1.05 * max(max(before["rmv"]), max(after["rmv"]), max(after["rmse"]))
+        plot.plot([0, top], [0, top], pen=pg.mkPen("#888888", style=pg.QtCore.Qt.PenStyle.DashLine))
+        plot.plot(before["rmv"], before["rmse"], pen=pg.mkPen("#f0a030", width=2), symbol="o", symbolSize=4,
+                  symbolBrush="#f0a030")
+        plot.plot(after["rmv"], after["rmse"], pen=pg.mkPen("#4c9be8", width=2), symbol="o", symbolSize=4,
+                  symbolBrush="#4c9be8")
+        plot.setXRange(0, top, padding=0)
+        plot.setYRange(0, top, padding=0)
+    exporter = pyqtgraph.exporters.ImageExporter(grid.scene())
+    exporter.export(path)
+    return path
+
+
 def cmd_table(args) -> None:
     text = table(args.tag)
     print(text)
+    cal = calibration_table(args.tag)
+    print(cal)
     if not args.no_write:
         R.write_into_docs(text, BEGIN, END)
+        R.write_into_docs(cal, CAL_BEGIN, CAL_END)
+        if not args.no_plot:
+            written = calibration_plot(args.tag)
+            if written:
+                print("wrote", os.path.relpath(written))
 
 
 def main() -> None:
@@ -180,6 +259,7 @@ def main() -> None:
     t = sub.add_parser("table", help="print the table and write it into docs/benchmarks.md")
     t.add_argument("--tag", default="ours")
     t.add_argument("--no-write", action="store_true")
+    t.add_argument("--no-plot", action="store_true", help="do not redraw docs/images/calibration_matrix.png")
     args = p.parse_args()
     if args.command == "run":
         args.tag = args.tag or ("quick" if args.quick else "ours")

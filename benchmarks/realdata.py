@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_cosdd.engine import synthetic as S
+from napari_cosdd import synthetic as S
 
 IMAGES = ("nuclei2d", "nuclei3d", "cell", "hubble", "moon", "synth-sparse", "synth-smooth")
 NOISES = ("x", "y", "camera", "none")

@@ -46,7 +46,7 @@ def train_speed(preset: str, steps: int, threads: int, device: str, bf16: bool, 
 
     from napari_cosdd.engine.config import model_config_from_preset
     from napari_cosdd.engine.device import prepare_cpu, resolve_device
-    from napari_cosdd.engine.model import COSDD
+    from napari_cosdd.engine.nets.model import COSDD
 
     torch.set_num_threads(threads)
     prepare_cpu()
@@ -57,7 +57,7 @@ def train_speed(preset: str, steps: int, threads: int, device: str, bf16: bool, 
     model = model.to(memory_format=layout)
     groups = model.parameter_groups()
     optimisers = [torch.optim.Adamax(p, lr=2e-3) for p in groups.values()]
-    from napari_cosdd.engine.synthetic import make_dataset
+    from napari_cosdd.synthetic import make_dataset
 
     noisy, _ = make_dataset("stripes", n_images=4, shape=(256, 256), seed=0)
     noisy = (noisy - noisy.mean()) / noisy.std()
@@ -108,8 +108,8 @@ def infer_speed(preset: str, size: int, threads: int, device: str, method: str, 
 
     from napari_cosdd.engine.config import model_config_from_preset
     from napari_cosdd.engine.inference import denoise
-    from napari_cosdd.engine.model import COSDD
-    from napari_cosdd.engine.synthetic import add_stripes_noise, clean_image
+    from napari_cosdd.engine.nets.model import COSDD
+    from napari_cosdd.synthetic import add_stripes_noise, clean_image
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -131,7 +131,7 @@ def infer_speed(preset: str, size: int, threads: int, device: str, method: str, 
 def autocorr_speed(size: int, repeats: int = 5) -> dict:
     """Noise autocorrelation of a size x size frame: automatic tiles, and the full-frame residual."""
     from napari_cosdd.engine.autocorrelation import noise_autocorrelation
-    from napari_cosdd.engine.synthetic import add_stripes_noise, clean_image
+    from napari_cosdd.synthetic import add_stripes_noise, clean_image
 
     clean = clean_image((size, size), seed=1)
     noisy = add_stripes_noise(clean, seed=2)

@@ -22,7 +22,7 @@ from napari_cosdd._sample_data import SAMPLE_SEEDS, make_sample, stripes_sample
 from napari_cosdd.engine.config import TrainConfig
 from napari_cosdd.engine.inference import denoise
 from napari_cosdd.engine.model_file import save_model
-from napari_cosdd.engine.synthetic import psnr
+from napari_cosdd.synthetic import psnr
 from napari_cosdd.engine.train import Trainer
 
 REPO = Path(__file__).resolve().parent.parent

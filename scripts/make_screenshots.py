@@ -3,8 +3,9 @@
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_screenshots.py --out docs/images
 
 Opens the stripes sample, docks the plugin's widgets, computes the noise autocorrelation, trains for
-a short while (live loss plot), denoises with the shipped model and with posterior samples, and saves
-one PNG per step. Look at every image before committing it.
+a short while (live loss plot), denoises with the shipped model and with posterior samples, calibrates
+the std against the sample's ground truth and marks the uncertain pixels, and saves one PNG per step.
+Look at every image before committing it.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def main() -> None:
     train.preset.setCurrentText("cpu")
     train.minutes.setValue(args.train_seconds / 60)
     train.steps.setValue(0)
-    train.advanced_form.editors["val_every"][2].setText("10")
+    train.advanced_form["val_every"].value = 10
     train.train_button.click()
     settle(args.train_seconds * 0.6)
     shot("02_training.png", dock_train)
@@ -100,9 +101,25 @@ def main() -> None:
     denoise.want_samples.setChecked(True)
     denoise.denoise_button.click()
     wait_for(denoise)
-    show_only(viewer, f"{src}_cosdd_samples", f"{src}_cosdd_variance")
+    show_only(viewer, f"{src}_cosdd_samples", f"{src}_cosdd_spread_std")
     viewer.reset_view()
     shot("04_posterior_samples.png", dock_denoise)
+
+    # Calibrate the std against the sample's ground truth, then mark the pixels with a large std.
+    denoise.want_samples.setChecked(False)
+    denoise.calibration_section.expand(animate=False)
+    denoise.reference_combo.setCurrentIndex(denoise.reference_combo.findText("stripes (ground truth)"))
+    denoise.calibrate_button.click()
+    wait_for(denoise)
+    denoise.want_uncertain.setChecked(True)
+    denoise.denoise_button.click()
+    wait_for(denoise)
+    marked = next(layer.name for layer in viewer.layers if layer.name.startswith(f"{src}_cosdd_std_above_"))
+    viewer.grid.enabled = False
+    show_only(viewer, f"{src}_cosdd_std_calibrated", marked)  # the marked pixels over the calibrated std
+    viewer.reset_view()
+    shot("06_calibrated_std.png", dock_denoise)
+    denoise.calibration_section.collapse(animate=False)
 
     viewer.grid.enabled = False
     show_only(viewer, src)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from napari_cosdd.engine.config import TrainConfig
-from napari_cosdd.engine.synthetic import make_dataset
+from napari_cosdd.synthetic import make_dataset
 from napari_cosdd.engine.train import Trainer
 
 
@@ -50,7 +50,7 @@ def stripes_cpu_model():
 @pytest.fixture
 def collapsed_latents(monkeypatch):
     """Every loss computation reports a zero KL, as a collapsed posterior (equal to the prior) would."""
-    from napari_cosdd.engine.model import COSDD
+    from napari_cosdd.engine.nets.model import COSDD
 
     original = COSDD.losses
 

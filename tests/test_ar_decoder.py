@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from napari_cosdd.engine.ar_decoder import ARDecoder
+from napari_cosdd.engine.nets.ar_decoder import ARDecoder
 from napari_cosdd.engine.config import ModelConfig
 
 
@@ -111,7 +111,7 @@ def test_sliding_window_matches_full_pass(orientation):
     length = rf + 25
     x = torch.randn(1, 1, 6, length, dtype=torch.float64)
     code = torch.randn(1, 8, 6, length, dtype=torch.float64)
-    from napari_cosdd.engine.ar_decoder import to_lines
+    from napari_cosdd.engine.nets.ar_decoder import to_lines
 
     axis = dec.axis
     xl, _ = to_lines(x if orientation != "y" else x.transpose(-1, -2), axis)

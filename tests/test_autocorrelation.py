@@ -5,7 +5,7 @@ import pytest
 
 from napari_cosdd.engine.autocorrelation import noise_autocorrelation
 from napari_cosdd.engine.data import InputError
-from napari_cosdd.engine.synthetic import add_noise, clean_image
+from napari_cosdd.synthetic import add_noise, clean_image
 
 SIZE = 256
 

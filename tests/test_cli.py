@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
@@ -14,7 +15,7 @@ import tifffile
 
 from napari_cosdd.cli import ProgressBar, main, training_line
 from napari_cosdd.engine.model_file import load_model, save_model
-from napari_cosdd.engine.synthetic import make_dataset
+from napari_cosdd.synthetic import make_dataset
 from napari_cosdd.engine.train import TrainingEvent
 
 TINY = ["--preset", "tiny", "--crop-size", "32", "--val-every", "10", "--device", "cpu"]
@@ -208,6 +209,43 @@ def test_denoise_sample_writes_every_requested_output(capsys, data_dir, cli_mode
                                tifffile.imread(tmp_path / "frame0_cosdd_variance.tif"), rtol=1e-4, atol=1e-8)
 
 
+def test_calibrate_writes_a_model_whose_std_is_calibrated(capsys, cli_model, tmp_path):
+    noisy, clean = make_dataset("stripes", n_images=2, shape=(64, 64), seed=2)
+    tifffile.imwrite(tmp_path / "noisy.tif", noisy, imagej=True, metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "reference.tif", clean, imagej=True, metadata={"axes": "TYX"})
+    out = tmp_path / "calibrated.cosdd"
+    code, _, err = run(capsys, "calibrate", cli_model, tmp_path / "noisy.tif", "--reference",
+                       tmp_path / "reference.tif", "--out", out, "--samples", 3, "--device", "cpu")
+    assert code == 0, err
+    assert "ENCE" in err and "RMV" in err and "calibrated model written" in err
+    model = load_model(out)
+    assert model.calibration is not None and model.calibration.pixels == 2 * 64 * 64
+    assert "noisy.tif" in model.calibration.fitted_on
+    assert load_model(cli_model).calibration is None, "the given model file is left as it was"
+
+    code, _, err = run(capsys, "denoise", out, tmp_path / "noisy.tif", "--out", tmp_path / "res",
+                       "--method", "sample", "--samples", 2, "--variance", "--device", "cpu")
+    assert code == 0 and "the std is calibrated" in err
+    code, _, err = run(capsys, "denoise", cli_model, tmp_path / "noisy.tif", "--out", tmp_path / "res2",
+                       "--method", "sample", "--samples", 2, "--variance", "--device", "cpu")
+    assert code == 0 and "not calibrated" in err
+
+
+def test_calibrate_mistakes_are_said_with_their_status(capsys, cli_model, tmp_path):
+    noisy, clean = make_dataset("stripes", n_images=2, shape=(64, 64), seed=2)
+    tifffile.imwrite(tmp_path / "noisy.tif", noisy, imagej=True, metadata={"axes": "TYX"})
+    tifffile.imwrite(tmp_path / "small.tif", clean[:, :32], imagej=True, metadata={"axes": "TYX"})
+    before = cli_model.read_bytes()
+    code, _, err = run(capsys, "calibrate", cli_model, tmp_path / "noisy.tif", "--reference",
+                       tmp_path / "noisy.tif", "--out", cli_model)
+    assert code == 2 and "another file" in err and cli_model.read_bytes() == before
+    code, _, err = run(capsys, "calibrate", cli_model, tmp_path / "noisy.tif", "--out", tmp_path / "m.cosdd")
+    assert code == 2 and "--reference" in err
+    code, _, err = run(capsys, "calibrate", cli_model, tmp_path / "noisy.tif", "--reference", tmp_path / "small.tif",
+                       "--out", tmp_path / "m.cosdd", "--samples", 2, "--device", "cpu")
+    assert code == 1 and "same field of view" in err and not (tmp_path / "m.cosdd").exists()
+
+
 def test_denoise_never_overwrites_an_input(capsys, data_dir, cli_model, tmp_path):
     victim = tmp_path / "a_cosdd_direct.tif"
     source = tmp_path / "a.tif"
@@ -269,7 +307,7 @@ def test_demo_headless_trains_and_writes_results(capsys, tmp_path):
     assert load_model(tmp_path / "stripes.cosdd").config.orientation == "x"
 
 
-@pytest.mark.parametrize("command", ["train", "denoise", "autocorr", "check-noise", "demo"])
+@pytest.mark.parametrize("command", ["train", "denoise", "calibrate", "autocorr", "check-noise", "demo"])
 def test_help_everywhere(capsys, command):
     with pytest.raises(SystemExit) as stop:
         main([command, "--help"])
@@ -292,8 +330,29 @@ def test_progress_line_names_losses_and_time_left():
 def test_progress_bar_without_a_terminal_writes_plain_lines(tmp_path):
     with open(tmp_path / "log.txt", "w") as stream:
         bar = ProgressBar(stream, every=0.0)
+        bar.message("starting")
         bar.update(0.5, "half")
-        bar.update(1.0, "all", force=True)
+        bar.update(1.0, "all")
         bar.close()
+        quiet = ProgressBar(stream, every=3600.0)
+        quiet.update(0.1, "first")   # written: nothing was yet
+        quiet.update(0.6, "skipped")  # within the hour: not written
+        quiet.update(0.9, "last")
+        quiet.close()                 # the last state is written once at the end
     text = (tmp_path / "log.txt").read_text().splitlines()
-    assert text == ["[############............]  50% half", "[########################] 100% all"]
+    assert text == ["starting", " 50% half", "100% all", " 10% first", " 90% last"]
+
+
+def test_progress_bar_on_a_terminal_is_tqdm(tmp_path):
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    bar = ProgressBar(stream)
+    bar.update(0.25, "a quarter")
+    bar.message("a message")
+    bar.close()
+    text = stream.getvalue()
+    assert "a message\n" in text and "a quarter" in text
+    assert " 25% |######" in text and "\r" in text, "tqdm redraws its bar in place"

@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from napari_cosdd.engine.config import TrainConfig
 from napari_cosdd.engine.model_file import load_model
-from napari_cosdd.engine.synthetic import make_dataset
+from napari_cosdd.synthetic import make_dataset
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch built without distributed")
 

@@ -4,10 +4,15 @@ import subprocess
 import sys
 
 CHECK = r"""
+import importlib
+import pkgutil
 import sys
 import napari_cosdd
-from napari_cosdd.engine import (ar_decoder, config, data, device, direct_denoiser, inference, ladder_vae,
-                                 model, model_file, signal_decoder, synthetic, train)
+import napari_cosdd.engine
+engine = [m.name for m in pkgutil.walk_packages(napari_cosdd.engine.__path__, "napari_cosdd.engine.")]
+assert "napari_cosdd.engine.nets.model" in engine and "napari_cosdd.engine.calibration" in engine, engine
+for name in engine + ["napari_cosdd.synthetic", "napari_cosdd.cli"]:
+    importlib.import_module(name)
 napari_cosdd.Trainer, napari_cosdd.denoise, napari_cosdd.load_model
 gui = [m for m in sys.modules if m.split('.')[0] in
        ('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'superqt', 'magicgui', 'vispy')]

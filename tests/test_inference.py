@@ -50,7 +50,7 @@ def test_tiled_and_untiled_direct_outputs_agree_without_seams(tiny_model):
     hide any remaining difference: the mean absolute jump between neighbouring columns at a tile border
     is no larger than elsewhere (within 1.5x).
     """
-    from napari_cosdd.engine.synthetic import add_stripes_noise, clean_image
+    from napari_cosdd.synthetic import add_stripes_noise, clean_image
 
     img = add_stripes_noise(clean_image((200, 300), seed=4), seed=5)
     whole = I.denoise(tiny_model, img, "YX", device="cpu", tile=512).direct
@@ -94,7 +94,7 @@ def test_cancel_by_closing_the_generator(tiny_model, stripes_small):
 
 def test_auto_tile_bounds_memory():
     from napari_cosdd.engine.config import model_config_from_preset
-    from napari_cosdd.engine.model import COSDD
+    from napari_cosdd.engine.nets.model import COSDD
 
     model = COSDD(model_config_from_preset("small", 64))
     side = I.auto_tile(model, torch.device("cpu"))
@@ -105,7 +105,7 @@ def test_auto_tile_bounds_memory():
 @pytest.mark.parametrize("orientation", ["x", "y", "none"])
 def test_generated_noise_image(orientation, stripes_small):
     from napari_cosdd.engine.config import model_config_from_preset
-    from napari_cosdd.engine.model import COSDD
+    from napari_cosdd.engine.nets.model import COSDD
 
     model = COSDD(model_config_from_preset("tiny", 32, orientation=orientation)).eval()
     real, generated = I.generate_noisy(model, stripes_small[0][0], "YX", device="cpu", seed=0)

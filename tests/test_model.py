@@ -6,8 +6,8 @@ import torch
 from torch.distributions import Normal, kl_divergence
 
 from napari_cosdd.engine.config import PRESETS, ModelConfig, default_downsampling, model_config_from_preset
-from napari_cosdd.engine.ladder_vae import gaussian_kl
-from napari_cosdd.engine.model import COSDD
+from napari_cosdd.engine.nets.ladder_vae import gaussian_kl
+from napari_cosdd.engine.nets.model import COSDD
 
 
 def test_kl_matches_torch_distributions():

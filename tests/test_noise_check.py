@@ -3,7 +3,7 @@
 import numpy as np
 
 from napari_cosdd.engine.noise_check import check_noise
-from napari_cosdd.engine.synthetic import make_dataset
+from napari_cosdd.synthetic import make_dataset
 
 
 def test_generated_noise_has_the_real_noise_correlation():

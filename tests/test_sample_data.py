@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from napari_cosdd import _sample_data as S
-from napari_cosdd.engine.synthetic import psnr
+from napari_cosdd.synthetic import psnr
 
 SAMPLES = {
     # function: (layer name prefix, shape, noise, orientation, axes)

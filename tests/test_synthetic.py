@@ -1,9 +1,9 @@
-"""Property tests of the seeded synthetic images and noises (napari_cosdd.engine.synthetic)."""
+"""Property tests of the seeded synthetic images and noises (napari_cosdd.synthetic)."""
 
 import numpy as np
 import pytest
 
-from napari_cosdd.engine.synthetic import (
+from napari_cosdd.synthetic import (
     NOISE_KINDS,
     add_camera_noise,
     add_checkerboard_noise,
@@ -242,7 +242,7 @@ def test_default_stripes_dataset_psnr():
 
 
 def test_excess_row_autocorrelation_tells_stripes_from_blur():
-    from napari_cosdd.engine.synthetic import excess_row_autocorrelation
+    from napari_cosdd.synthetic import excess_row_autocorrelation
 
     clean = np.zeros((256, 256), dtype=np.float32) + 0.5
     stripes = add_stripes_noise(clean, seed=0) - clean

@@ -8,7 +8,7 @@ import torch
 
 from napari_cosdd.engine.config import TrainConfig
 from napari_cosdd.engine.inference import denoise
-from napari_cosdd.engine.synthetic import excess_row_autocorrelation, make_dataset, psnr
+from napari_cosdd.synthetic import excess_row_autocorrelation, make_dataset, psnr
 from napari_cosdd.engine.train import LOSS_NAMES, Trainer, TrainingError, WeightAverage
 
 

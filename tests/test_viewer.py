@@ -73,8 +73,8 @@ def test_a_users_clicks_in_one_window_noise_train_denoise(make_napari_viewer, qt
     train.preset.setCurrentText("tiny")
     train.steps.setValue(8)
     train.minutes.setValue(0)
-    train.advanced_form.editors["crop_size"][2].setText("32")
-    train.advanced_form.editors["val_every"][2].setText("4")
+    train.advanced_form["crop_size"].value = 32
+    train.advanced_form["val_every"].value = 4
     train.device.setCurrentIndex(train.device.findData("cpu"))
     train.train_button.click()
     qtbot.waitUntil(lambda: train.worker is None, timeout=120_000)
@@ -87,7 +87,7 @@ def test_a_users_clicks_in_one_window_noise_train_denoise(make_napari_viewer, qt
     denoise.n_samples.setValue(3)
     denoise.denoise_button.click()
     qtbot.waitUntil(lambda: denoise.worker is None, timeout=120_000)
-    for suffix in ("mean", "variance", "std"):
+    for suffix in ("mean", "spread_variance", "spread_std"):
         out = viewer.layers[f"{src}_cosdd_{suffix}"]
         assert out.data.shape == viewer.layers[src].data.shape and np.isfinite(out.data).all()
 

@@ -17,7 +17,7 @@ from napari_cosdd._qt.noise_widget import AUTOMATIC, NoiseWidget
 from napari_cosdd._qt.train_widget import TrainWidget
 from napari_cosdd._sample_data import stripes_sample, stripes_stack_sample
 from napari_cosdd.engine.config import ModelConfig, model_config_from_preset
-from napari_cosdd.engine.model import COSDD
+from napari_cosdd.engine.nets.model import COSDD
 from napari_cosdd.engine.model_file import save_model
 
 SRC = "stripes (noisy)"
@@ -45,9 +45,9 @@ def configure_tiny(train: TrainWidget, steps: int = 12) -> None:
     train.preset.setCurrentText("tiny")
     train.steps.setValue(steps)
     train.minutes.setValue(0)
-    form = train.advanced_form.editors
-    form["crop_size"][2].setText("32")
-    form["val_every"][2].setText("4")
+    form = train.advanced_form
+    form["crop_size"].value = 32
+    form["val_every"].value = 4
     train.device.setCurrentIndex(train.device.findData("cpu"))
 
 
@@ -77,12 +77,89 @@ def test_a_collapse_is_said_in_the_status_and_the_model_is_kept_from_denoise(vie
     assert train.train_button.isEnabled()
 
 
+def test_calibrating_the_std_against_the_ground_truth_layer_then_marking_uncertain_pixels(
+        viewer, widgets, qtbot, tmp_path):
+    """A user's path for the error bars: sampled std layers say they are uncalibrated; Calibrate std against
+    a reference layer fits the scale, shows the RMSE-RMV plot; then the std layers are called calibrated,
+    the uncertain pixels are marked, and the calibration is saved with the model."""
+    from napari_cosdd.engine.model_file import load_model
+
+    _, _, denoise = widgets
+    choose(denoise.model_combo, "shipped: stripes sample model")
+    choose(denoise.image_combo, SRC)
+    denoise.method.setCurrentText("sample")
+    denoise.n_samples.setValue(3)
+    denoise.denoise_button.click()
+    wait_idle(qtbot, denoise)
+    assert f"{SRC}_cosdd_spread_std" in viewer.layers and "uncalibrated" in denoise.status.text()
+    assert "not calibrated" in denoise.calibration_state.text()
+
+    denoise.calibrate_button.click()
+    assert "Choose a reference" in denoise.status.text(), "nothing to calibrate against is said, not run"
+    choose(denoise.reference_combo, "stripes (ground truth)")
+    denoise.calibrate_button.click()
+    wait_idle(qtbot, denoise)
+    assert denoise.status.text().startswith("Calibrated:"), denoise.status.text()
+    model = denoise.current_model()
+    assert model.calibration is not None and "stripes (ground truth)" in model.calibration.fitted_on
+    assert not denoise.calibration_plot.isHidden() and "is calibrated" in denoise.calibration_state.text()
+
+    denoise.want_uncertain.setChecked(True)
+    denoise.uncertain_threshold.setValue(0.05)
+    denoise.denoise_button.click()
+    wait_idle(qtbot, denoise)
+    std = viewer.layers[f"{SRC}_cosdd_std_calibrated"]
+    assert std.metadata["cosdd_std"]["calibrated"] and "calibrated against" in denoise.status.text()
+    marked = viewer.layers[f"{SRC}_cosdd_std_above_0.05"]
+    assert marked.__class__.__name__ == "Labels"
+    np.testing.assert_array_equal(marked.data, (std.data > 0.05).astype(np.uint8))
+
+    assert denoise.save_model_to(tmp_path / "calibrated.cosdd")
+    assert load_model(tmp_path / "calibrated.cosdd").calibration.scales == model.calibration.scales
+
+
+def test_the_advanced_form_is_made_from_the_settings_and_shows_the_presets_size(qtbot):
+    """Every engine setting has a magicgui editor whose tooltip is its description; untouched editors give
+    nothing (the engine's default applies); the model's size follows the preset until the user edits it."""
+    from napari_cosdd._qt.settings_form import SHOWN_ELSEWHERE
+    from napari_cosdd.engine.config import TrainConfig, preset_defaults, settings
+
+    train = TrainWidget(ViewerModel())
+    qtbot.addWidget(train)
+    form = train.advanced_form
+    for s in settings(TrainConfig) + settings(ModelConfig):
+        if s.name not in SHOWN_ELSEWHERE:
+            assert form[s.name].tooltip == s.help, s.name
+    assert form.values(TrainConfig) == {} and form.values(ModelConfig) == {}
+
+    choose(train.preset, "small")
+    assert form["levels"].value == preset_defaults("small")["levels"] == 6
+    assert form.values(ModelConfig) == {}, "the preset's own size is no override"
+    form["levels"].value = 5
+    choose(train.preset, "tiny")
+    assert form["levels"].value == 5 and form["features"].value == preset_defaults("tiny")["features"]
+    assert form["ar_dilations"].native.placeholderText() == "1 1 2"
+    form["learning_rate"].value = 3e-5
+    form["ar_dilations"].value = "1 2"
+    assert form.values(ModelConfig) == {"levels": 5, "ar_dilations": (1, 2)}
+    assert form.values(TrainConfig) == {"learning_rate": 3e-5}, "small learning rates are not rounded away"
+
+
+def test_a_bad_advanced_setting_is_said_and_nothing_starts(viewer, widgets):
+    _, train, _ = widgets
+    configure_tiny(train, steps=3)
+    train.advanced_form["clip_outliers"].value = "0.1"
+    train.train_button.click()
+    assert "clip outliers" in train.status.text() and "2 numbers" in train.status.text()
+    assert train.worker is None and train.train_button.isEnabled()
+
+
 def test_clipping_outliers_from_the_advanced_settings_trains(viewer, widgets, qtbot):
     _, train, _ = widgets
     viewer.layers[SRC].data = np.clip(100 + 400 * viewer.layers[SRC].data, 0, 65535).astype(np.uint16)
     choose(train.orientation, "x")
     configure_tiny(train, steps=3)
-    train.advanced_form.editors["clip_outliers"][2].setText("0.1 99.9")
+    train.advanced_form["clip_outliers"].value = "0.1 99.9"
     train.train_button.click()
     wait_idle(qtbot, train)
     assert train.model is not None and train.model.history[-1]["steps"] == 3, train.status.text()
@@ -141,7 +218,7 @@ def test_sample_to_noise_to_training_to_layers_to_model_file(viewer, widgets, qt
     denoise.want_median.setChecked(True)
     denoise.denoise_button.click()
     wait_idle(qtbot, denoise)
-    for suffix, shape in (("mean", (512, 512)), ("variance", (512, 512)), ("std", (512, 512)),
+    for suffix, shape in (("mean", (512, 512)), ("spread_variance", (512, 512)), ("spread_std", (512, 512)),
                           ("median", (512, 512)), ("samples", (4, 512, 512))):
         assert viewer.layers[f"{SRC}_cosdd_{suffix}"].data.shape == shape, suffix
     assert len(viewer.layers[f"{SRC}_cosdd_samples"].scale) == 3
@@ -314,7 +391,7 @@ def test_images_smaller_than_the_crop_train_with_a_smaller_crop(qtbot):
     qtbot.addWidget(train)
     train.select_layers([f"small {i}" for i in range(3)])
     configure_tiny(train, steps=3)
-    train.advanced_form.editors["crop_size"][2].setText("64")
+    train.advanced_form["crop_size"].value = 64
     train.train_button.click()
     wait_idle(qtbot, train)
     assert train.model is not None, train.status.text()
@@ -327,7 +404,7 @@ def test_one_image_too_small_to_split_is_refused_with_advice(qtbot):
     train = TrainWidget(viewer)
     qtbot.addWidget(train)
     configure_tiny(train, steps=3)
-    train.advanced_form.editors["crop_size"][2].setText("64")
+    train.advanced_form["crop_size"].value = 64
     train.train_button.click()
     assert "too small" in train.status.text() and train.worker is None and train.train_button.isEnabled()
 

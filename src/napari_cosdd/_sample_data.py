@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine.synthetic import add_noise, clean_image
+from .synthetic import add_noise, clean_image
 
 # (image seed, noise seed) of each sample. scripts/make_pretrained_model.py trains on other seeds,
 # so that the stripes sample stays held out from the shipped model's training data.
@@ -37,7 +37,7 @@ def make_sample(noise: str, shape=SAMPLE_SHAPE, image_seed: int = 0, noise_seed:
     Parameters
     ----------
     noise : {"stripes", "checkerboard", "camera"}
-        Noise kind, see `napari_cosdd.engine.synthetic.add_noise`.
+        Noise kind, see `napari_cosdd.synthetic.add_noise`.
     shape : tuple of int
         ``(Y, X)`` or ``(Z, Y, X)``.
     image_seed, noise_seed : int

@@ -30,7 +30,6 @@ EXIT_UNEXPECTED = 3
 # Fields that have their own flags or are set from the data.
 TRAIN_OWN_FLAGS = {"max_steps", "max_minutes", "seed", "device"}
 MODEL_FROM_DATA = {"in_channels", "spatial_dims", "orientation"}
-NONE_DEFAULT_TYPES = {"threads": int, "clip_outliers": float}
 
 
 class UsageError(Exception):
@@ -64,36 +63,55 @@ def _settings_are_usage():
 
 
 class ProgressBar:
-    """A one-line progress bar on a terminal; plain lines every few seconds otherwise (logs, clusters)."""
+    """tqdm's bar on a terminal. In a log (not a terminal: clusters, CI) tqdm is off and a plain line is
+    written every `every` seconds and at the end, so the file reads line by line."""
+
+    STEPS = 1000  # the bar counts thousandths of the work
 
     def __init__(self, stream=None, every: float = 10.0) -> None:
+        from tqdm import tqdm
+
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.every = every
-        self._last = 0.0
+        self._last_line = -float("inf")
+        self._text = ""
+        self._written = None
+        self._bar = tqdm(total=self.STEPS, file=self.stream, disable=not self.tty, mininterval=0.1,
+                         bar_format="{percentage:3.0f}% |{bar:24}| {desc}", dynamic_ncols=True, leave=True)
 
-    def update(self, fraction: float | None, text: str, force: bool = False) -> None:
-        now = time.monotonic()
-        if not (self.tty or force or now - self._last >= self.every):
-            return
-        self._last = now
-        if fraction is None:
-            bar = ""
-        else:
-            filled = int(round(24 * min(max(fraction, 0.0), 1.0)))
-            bar = f"[{'#' * filled}{'.' * (24 - filled)}] {100 * fraction:3.0f}% "
-        line = bar + text
+    def update(self, fraction: float | None, text: str) -> None:
+        """Move to `fraction` of the work (None: keep it) and show `text`."""
+        self._text = text
+        target = self._bar.n if fraction is None else int(round(self.STEPS * min(max(fraction, 0.0), 1.0)))
         if self.tty:
-            width = 160
-            self.stream.write("\r" + line[:width].ljust(min(width, len(line) + 2)))
+            self._bar.set_description_str(text, refresh=False)
+            self._bar.update(max(target - self._bar.n, 0))
+            return
+        self._bar.n = target
+        if time.monotonic() - self._last_line >= self.every:
+            self._line()
+
+    def message(self, text: str) -> None:
+        """A line of its own (above the bar on a terminal)."""
+        if self.tty:
+            self._bar.write(text, file=self.stream)
         else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
+        """Finish: the last state is drawn once more and the bar ends its line."""
+        if not self.tty:
+            self._line()
+        self._bar.close()
+
+    def _line(self) -> None:
+        line = f"{100 * self._bar.n / self.STEPS:3.0f}% {self._text}"
+        if line != self._written:
+            self.stream.write(line + "\n")
             self.stream.flush()
+        self._last_line, self._written = time.monotonic(), line
 
 
 def training_line(ev) -> str:
@@ -179,34 +197,38 @@ def _check_not_an_input(outputs: list[Path], inputs: list[Path]) -> None:
 
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
-    from .engine.config import FIELD_CHOICES, FIELD_HELP, ModelConfig, TrainConfig
+    """One flag per engine setting, with the help, type and choices from the setting's metadata."""
+    from .engine.config import PRESET_FIELDS, ModelConfig, TrainConfig, settings
 
     g = p.add_argument_group("training settings (defaults from the engine)")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in TRAIN_OWN_FLAGS:
-            continue
-        _add_field_flag(g, f, FIELD_HELP.get(f.name, f.name), FIELD_CHOICES.get(f.name))
+    for s in settings(TrainConfig):
+        if s.name not in TRAIN_OWN_FLAGS:
+            _add_setting_flag(g, s)
     g = p.add_argument_group("model settings (override the preset; ignored with --resume)")
-    for f in dataclasses.fields(ModelConfig):
-        if f.name in MODEL_FROM_DATA:
-            continue
-        _add_field_flag(g, f, FIELD_HELP.get(f.name, f.name), FIELD_CHOICES.get(f.name))
+    for s in settings(ModelConfig):
+        if s.name not in MODEL_FROM_DATA:
+            _add_setting_flag(g, s, show_default=s.name not in PRESET_FIELDS)
 
 
-def _add_field_flag(group, f: dataclasses.Field, text: str, choices=None) -> None:
-    flag = "--" + f.name.replace("_", "-")
-    default = f.default
-    value = " ".join(map(str, default)) if isinstance(default, tuple) else default
-    shown = "" if default in (None, ()) else f" (default {value})"
-    if isinstance(default, bool):
-        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text + shown)
-    elif isinstance(default, tuple) or f.name == "clip_outliers":
-        kind = NONE_DEFAULT_TYPES.get(f.name, int)
-        nargs = 2 if f.name == "clip_outliers" else "+"
-        group.add_argument(flag, type=kind, nargs=nargs, default=None, metavar="N", help=text + shown)
+def _add_setting_flag(group, s, show_default: bool = True) -> None:
+    shown = s.shown_default() if show_default else ""
+    help_text = s.help.replace("%", "%%") + (f" (default {shown})" if shown else " (default: from the preset)"
+                                              if not show_default else "")
+    if s.kind is bool:
+        group.add_argument(s.flag, dest=s.name, action=argparse.BooleanOptionalAction, default=None,
+                           help=help_text)
+    elif s.count is not None:
+        group.add_argument(s.flag, dest=s.name, type=s.kind, nargs=s.count, default=None, metavar="N",
+                           help=help_text)
     else:
-        kind = NONE_DEFAULT_TYPES.get(f.name) or type(default)
-        group.add_argument(flag, type=kind, default=None, choices=choices, help=text + shown)
+        group.add_argument(s.flag, dest=s.name, type=s.kind, default=None, choices=s.choices, help=help_text)
+
+
+def _setting_help(cls_name: str, name: str) -> str:
+    from .engine import config
+
+    found = {s.name: s for s in config.settings(getattr(config, cls_name))}[name]
+    return found.help.replace("%", "%%")
 
 
 def _collect(args, cls, skip: set[str]) -> dict:
@@ -273,8 +295,8 @@ def cmd_train(args, say) -> int:
             interrupted.append(True)
             trainer.stop()
             if bar:
-                bar.update(None, "stopping at the next step; the best model so far will be saved "
-                                 "(Ctrl-C again to quit without saving)", force=True)
+                bar.message("stopping at the next step; the best model so far will be saved "
+                            "(Ctrl-C again to quit without saving)")
 
         previous = signal.signal(signal.SIGINT, on_sigint)
         try:
@@ -282,13 +304,11 @@ def cmd_train(args, say) -> int:
                 if bar is None:
                     continue
                 if ev.kind in ("start", "warning"):
-                    bar.update(None, ev.message, force=True)
-                    if bar.tty:
-                        bar.close()
+                    bar.message(ev.message)
                 elif ev.kind in ("step", "validation"):
                     bar.update(ev.fraction, training_line(ev))
                 elif ev.kind == "done":
-                    bar.update(1.0, training_line(ev), force=True)
+                    bar.update(1.0, training_line(ev))
                     bar.close()
                     say(f"training ended: {ev.message}")
         finally:
@@ -308,6 +328,73 @@ def cmd_train(args, say) -> int:
 # ------------------------------------------------------------------ denoise
 
 
+def _drive(gen, bar: ProgressBar, label: str):
+    """Run an inference generator to its end with a progress bar; its return value."""
+    started = time.monotonic()
+    while True:
+        try:
+            ev = next(gen)
+        except StopIteration as stop:
+            bar.update(1.0, f"{label}: done")
+            bar.close()
+            return stop.value
+        elapsed = time.monotonic() - started
+        left = elapsed / ev.fraction * (1 - ev.fraction) if ev.fraction > 0 else None
+        bar.update(ev.fraction, f"{label}: {ev.done}/{ev.total} tile passes, {format_duration(left)} left")
+
+
+def std_note(info: dict) -> str:
+    """What the std output is: a calibrated error bar, or only the samples' spread."""
+    if info.get("calibrated"):
+        scales = ", ".join(f"{s:.3g}" for s in info["scales"])
+        return f"the std is calibrated (x {scales}, fitted on {info.get('fitted_on') or 'a reference'})"
+    return ("the std is the posterior samples' spread, not calibrated as an error bar "
+            "(napari-cosdd calibrate fits it against a reference image)")
+
+
+def cmd_calibrate(args, say) -> int:
+    from .engine.data import InputError
+    from .engine.inference import calibrate_iter
+    from .engine.model_file import load_model, save_model
+
+    out = Path(args.out)
+    model_path = Path(args.model)
+    if out.resolve() == model_path.resolve():
+        raise UsageError(f"--out {out} is the model being calibrated; write the calibrated model to another file")
+    model = load_model(model_path)
+    image = _read_each([args.image], args.axes, model.config.spatial_dims, say)[0]
+    _check_not_an_input([out], [image.path])
+    reference = mask = None
+    if args.reference:
+        ref = _read_each([args.reference], image.axes, model.config.spatial_dims, say)[0]
+        _check_not_an_input([out], [ref.path])
+        reference = ref.data
+    if args.background:
+        from .engine.io import expand_paths, read_image
+
+        mask = read_image(expand_paths([args.background])[0], None).data != 0
+    if reference is None and mask is None:
+        raise UsageError("give --reference (a low-noise image of the same field) or --background (a mask of "
+                         "flat background), or both")
+    try:
+        report = _drive(calibrate_iter(model, image.data, image.axes, reference=reference, background=mask,
+                                       n_samples=args.samples, match=args.match, tile=args.tile,
+                                       device=args.device, seed=args.seed), ProgressBar(), image.path.name)
+    except ValueError as err:  # shapes that do not fit, too few pixels: about the data given
+        raise InputError(str(err)) from None
+    say(f"calibration on {report.calibration.pixels} pixels: {report.message}")
+    for c, (before, after) in enumerate(zip(report.before, report.after)):
+        say(("" if len(report.before) == 1 else f"channel {c}: ") + "predicted std (RMV) against the real "
+            "error (RMSE), per bin, after calibration:")
+        for rmv, rmse in zip(after.rmv, after.rmse):
+            say(f"  RMV {rmv:10.4g}   RMSE {rmse:10.4g}")
+    model.calibration = report.calibration
+    model.calibration.fitted_on += f" ({image.path.name})"
+    save_model(model, out)
+    say(f"calibrated model written to {out}; its std outputs are now calibrated error bars")
+    return 0
+
+
 def cmd_denoise(args, say) -> int:
     from .engine.inference import denoise_iter
     from .engine.io import write_tiff
@@ -324,26 +411,17 @@ def cmd_denoise(args, say) -> int:
     planned = {f.path: {n: out_dir / f"{f.path.stem}_cosdd_{n}.tif" for n in names} for f in files}
     _check_not_an_input([p for d in planned.values() for p in d.values()], [f.path for f in files])
     out_dir.mkdir(parents=True, exist_ok=True)
-    bar = ProgressBar()
     for f in files:
+        bar = ProgressBar()
         axes = f.axes
-        gen = denoise_iter(model, f.data, axes, method=args.method, n_samples=args.samples,
-                           variance=args.variance, median=args.median, keep_samples=args.keep_samples,
-                           tile=args.tile, device=args.device, bf16=args.bf16, seed=args.seed)
-        started = time.monotonic()
-        while True:
-            try:
-                ev = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            elapsed = time.monotonic() - started
-            left = elapsed / ev.fraction * (1 - ev.fraction) if ev.fraction > 0 else None
-            bar.update(ev.fraction, f"{f.path.name}: {ev.done}/{ev.total} tile passes, {format_duration(left)} left")
-        bar.update(1.0, f"{f.path.name}: done", force=True)
-        bar.close()
+        result = _drive(denoise_iter(model, f.data, axes, method=args.method, n_samples=args.samples,
+                                     variance=args.variance, median=args.median, keep_samples=args.keep_samples,
+                                     tile=args.tile, device=args.device, bf16=args.bf16, seed=args.seed),
+                        bar, f.path.name)
         if result.check is not None:
             say(("" if result.check.ok else "WARNING: ") + f"{f.path.name}: {result.check.message}")
+        if "std" in result.info:
+            say(f"{f.path.name}: " + std_note(result.info["std"]))
         for name, path in planned[f.path].items():
             data = getattr(result, name)
             if name == "samples":
@@ -407,7 +485,7 @@ def cmd_check_noise(args, say) -> int:
 
 
 def cmd_demo(args, say) -> int:
-    from .engine.synthetic import make_dataset
+    from .synthetic import make_dataset
 
     if not args.headless:
         return _demo_gui(say)
@@ -417,7 +495,7 @@ def cmd_demo(args, say) -> int:
     from .engine.inference import denoise
     from .engine.io import write_tiff
     from .engine.model_file import save_model
-    from .engine.synthetic import psnr
+    from .synthetic import psnr
     from .engine.train import Trainer
 
     out = Path(args.out)
@@ -429,7 +507,7 @@ def cmd_demo(args, say) -> int:
     bar = ProgressBar()
     for ev in trainer.fit():
         if ev.kind in ("step", "validation", "done"):
-            bar.update(ev.fraction, training_line(ev), force=ev.kind == "done")
+            bar.update(ev.fraction, training_line(ev))
     bar.close()
     save_model(trainer.model, out / "stripes.cosdd")
     test_noisy, test_clean = make_dataset("stripes", n_images=2, shape=(256, 256), seed=100)
@@ -484,16 +562,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.cosdd)")
     t.add_argument("--axes", help="axes of the images over S,T,C,Z,Y,X (default: from the file, else assumed)")
     t.add_argument("--orientation", default="auto", choices=["auto", "x", "y", "z", "none"],
-                   help="axis of the noise correlation; auto picks it from the noise autocorrelation")
+                   help=_setting_help("ModelConfig", "orientation") + " auto (the default) picks it from the "
+                        "noise autocorrelation.")
     t.add_argument("--preset", default=None, help="network size: tiny, cpu, small, default, large "
                                                     "(default: cpu on a CPU, large on a GPU)")
     t.add_argument("--spatial-dims", type=int, choices=[2, 3], default=None,
-                   help="3 for a volumetric (Z,Y,X) model (default 2, or 3 with --orientation z)")
-    t.add_argument("--minutes", type=float, default=None, help="time budget")
-    t.add_argument("--steps", type=int, default=None, help="step budget (default 2000 when no --minutes)")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+                   help=_setting_help("ModelConfig", "spatial_dims") + " Default 2, or 3 with --orientation z.")
+    t.add_argument("--minutes", type=float, default=None, help=_setting_help("TrainConfig", "max_minutes"))
+    t.add_argument("--steps", type=int, default=None,
+                   help=_setting_help("TrainConfig", "max_steps") + " Default 2000 when no --minutes.")
+    t.add_argument("--device", default="auto", help=_setting_help("TrainConfig", "device"))
     t.add_argument("--resume", metavar="MODEL", help="continue training this model file")
-    t.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    t.add_argument("--seed", type=int, default=0, help=_setting_help("TrainConfig", "seed") + " Default 0.")
     _add_engine_flags(t)
 
     d = sub.add_parser("denoise", help="denoise images with a trained model",
@@ -513,6 +593,25 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", default="auto")
     d.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 on CUDA")
     d.add_argument("--seed", type=int, default=0)
+
+    k = sub.add_parser("calibrate", help="make the posterior std an error bar, against a reference",
+                       description="Fit the scale of the model's posterior std so that it matches the real error "
+                                   "against a low-noise reference of the same field (a long exposure, an average "
+                                   "of repeated frames) or on a mask of flat background; writes a new model "
+                                   "file whose std outputs are calibrated.")
+    k.add_argument("model", metavar="MODEL")
+    k.add_argument("image", metavar="IMAGE", help="a noisy image the model is meant for")
+    k.add_argument("--reference", metavar="IMAGE", help="low-noise image of the same field, same shape")
+    k.add_argument("--background", metavar="MASK", help="image of the same size, non-zero on flat background")
+    k.add_argument("--out", required=True, metavar="MODEL", help="calibrated model file to write")
+    k.add_argument("--axes", help="axes of the image (default: from the file, else assumed)")
+    k.add_argument("--samples", type=int, default=20, help="posterior samples (default 20)")
+    k.add_argument("--match", choices=["affine", "none"], default="affine",
+                   help="affine (default): map the reference's intensities onto the image's by a gain and "
+                        "offset first (another exposure); none: take them as they are")
+    k.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: from memory)")
+    k.add_argument("--device", default="auto")
+    k.add_argument("--seed", type=int, default=0)
 
     a = sub.add_parser("autocorr", help="noise autocorrelation and the suggested orientation",
                        description="Print the noise autocorrelation's suggested orientation, its evidence and "
@@ -546,11 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--preset", default=None)
     m.add_argument("--device", default="auto")
     m.add_argument("--out", default="cosdd_demo", help="folder for --headless results")
-    p.commands = {"train": t, "denoise": d, "autocorr": a, "check-noise": c, "demo": m}
+    p.commands = {"train": t, "denoise": d, "calibrate": k, "autocorr": a, "check-noise": c, "demo": m}
     return p
 
 
-COMMANDS = {"train": cmd_train, "denoise": cmd_denoise, "autocorr": cmd_autocorr,
+COMMANDS = {"train": cmd_train, "denoise": cmd_denoise, "calibrate": cmd_calibrate, "autocorr": cmd_autocorr,
             "check-noise": cmd_check_noise, "demo": cmd_demo}
 
 

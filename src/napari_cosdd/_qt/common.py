@@ -7,7 +7,7 @@ import threading
 import traceback
 
 import numpy as np
-from napari.layers import Image
+from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QComboBox, QFileDialog, QLabel, QWidget
 
@@ -35,11 +35,14 @@ def follow_layers(viewer, callback) -> None:
 class LayerCombo(QComboBox):
     """A drop-down of the viewer's layers of some types that follows additions, removals and renames."""
 
-    def __init__(self, viewer, layer_types=(Image,), none_text: str | None = None, parent: QWidget | None = None):
+    def __init__(self, viewer, layer_types=(Image,), none_text: str | None = None, parent: QWidget | None = None,
+                 follow_selection: bool = True):
         super().__init__(parent)
         self.viewer = viewer
         self.layer_types = layer_types
         self.none_text = none_text
+        # False: a new choice starts at none_text, never at the selected layer (a reference must be chosen).
+        self.follow_selection = follow_selection
         follow_layers(viewer, self.reset_choices)
         self.reset_choices()
 
@@ -55,7 +58,7 @@ class LayerCombo(QComboBox):
         index = self.findText(current)
         if index < 0:  # no choice yet (or it is gone): the selected layer, else the top one
             active = self.viewer.layers.selection.active
-            if active is not None and isinstance(active, self.layer_types):
+            if active is not None and isinstance(active, self.layer_types) and self.follow_selection:
                 index = self.findText(active.name)
             elif self.count() and self.none_text is None:
                 inputs = [layer.name for layer in self.viewer.layers
@@ -130,7 +133,8 @@ def layer_geometry(layer) -> dict:
 
 
 def put_layer(viewer, data: np.ndarray, name: str, like=None, **kwargs):
-    """Update the layer called `name` in place, or add it; take scale, translate, units and axis labels
+    """Update the layer called `name` in place, or add it (an Image, or with labels=True a Labels layer);
+    take scale, translate, units and axis labels
     from `like` (a layer or a layer_geometry dict), with 1 / 0 / pixel / "sample" for extra leading axes
     (posterior samples)."""
     if like is not None:
@@ -142,19 +146,28 @@ def put_layer(viewer, data: np.ndarray, name: str, like=None, **kwargs):
             kwargs.setdefault(key, [fill[key]] * extra + values[max(-extra, 0):])
     kwargs.setdefault("metadata", {})
     kwargs["metadata"] = {**kwargs["metadata"], "cosdd_output": True}
+    labels = kwargs.pop("labels", False)
+    kind = Labels if labels else Image
+    if labels:
+        kwargs.pop("contrast_limits", None)
+        kwargs.pop("colormap", None)
     if name in viewer.layers:
         layer = viewer.layers[name]
-        if isinstance(layer, Image) and layer.data.ndim == data.ndim:
+        if isinstance(layer, kind) and layer.data.ndim == data.ndim:
             layer.data = data
             for key in ("scale", "translate", "units", "axis_labels"):
                 if key in kwargs:
                     setattr(layer, key, kwargs[key])
+            if labels:
+                return layer
             if "contrast_limits" in kwargs:
                 layer.contrast_limits = kwargs["contrast_limits"]
             else:
                 layer.reset_contrast_limits()
             return layer
         viewer.layers.remove(layer)
+    if labels:
+        return viewer.add_labels(data, name=name, **kwargs)
     return viewer.add_image(data, name=name, **kwargs)
 
 

@@ -6,10 +6,12 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from napari.layers import Image
+from napari.layers import Image, Labels
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
     QLabel,
@@ -20,9 +22,11 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
+from superqt import QCollapsible
 from superqt.utils import create_worker
 
 from .common import (
+    MODEL_FILTER,
     LayerCombo,
     ask_model_path,
     check_image_layer,
@@ -35,7 +39,7 @@ from .common import (
     put_layer,
     report,
 )
-from .plots import ProfilePlot
+from .plots import CalibrationPlot, ProfilePlot
 from .session import session_for
 
 SESSION_KEY = "session"
@@ -76,6 +80,14 @@ class DenoiseWidget(QWidget):
         self.want_variance.setChecked(True)
         self.want_median = QCheckBox("median")
         self.want_samples = QCheckBox("posterior samples")
+        self.want_uncertain = QCheckBox("mark pixels with std above")
+        self.want_uncertain.setToolTip("Add a labels layer that marks where the std exceeds the threshold: where "
+                                       "not to trust the denoised image. Calibrate the std first (below) so that "
+                                       "the threshold is a real error in image units.")
+        self.uncertain_threshold = QDoubleSpinBox()
+        self.uncertain_threshold.setDecimals(4)
+        self.uncertain_threshold.setRange(0.0, 1e9)
+        self.uncertain_threshold.setToolTip("Threshold on the std, in the image's units.")
         self.tile = QSpinBox()
         self.tile.setRange(0, 8192)
         self.tile.setSingleStep(64)
@@ -97,12 +109,57 @@ class DenoiseWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
+        # Calibration of the posterior std against what the user knows (engine.calibration).
+        self.reference_combo = LayerCombo(napari_viewer, (Image,), none_text="(no reference)",
+                                          follow_selection=False)
+        self.reference_combo.setToolTip("A low-noise image of the same field, same shape as the image: a long "
+                                        "exposure, or the average of repeated frames.")
+        self.background_combo = LayerCombo(napari_viewer, (Labels,), none_text="(no background region)",
+                                           follow_selection=False)
+        self.background_combo.setToolTip("A labels layer painted over flat background (any label counts), "
+                                         "the image's shape or one plane's.")
+        self.match = QComboBox()
+        self.match.addItems(["affine", "none"])
+        self.match.setToolTip("affine: map the reference's intensities onto the image's by a gain and an offset "
+                              "first (another exposure); none: take them as they are.")
+        self.calibrate_button = QPushButton("Calibrate std")
+        self.calibrate_button.clicked.connect(self.calibrate)
+        self.save_model_button = QPushButton("Save model...")
+        self.save_model_button.setToolTip("Write the chosen model, with its calibration, to a model file.")
+        self.save_model_button.clicked.connect(self._save_dialog)
+        self.calibration_plot = CalibrationPlot()
+        self.calibration_plot.setVisible(False)
+        self.calibration_state = QLabel("")
+        self.calibration_state.setWordWrap(True)
+        calib_form = QFormLayout()
+        calib_form.addRow("reference", self.reference_combo)
+        calib_form.addRow("background", self.background_combo)
+        calib_form.addRow("match", self.match)
+        calib_buttons = QHBoxLayout()
+        calib_buttons.addWidget(self.calibrate_button)
+        calib_buttons.addWidget(self.save_model_button)
+        calib_box = QWidget()
+        calib_layout = QVBoxLayout(calib_box)
+        calib_layout.setContentsMargins(0, 0, 0, 0)
+        calib_layout.addWidget(QLabel("Fit the posterior std to the real error, so that it can be read as an "
+                                      "error bar. The samples setting above is used."))
+        calib_layout.addLayout(calib_form)
+        calib_layout.addLayout(calib_buttons)
+        calib_layout.addWidget(self.calibration_state)
+        calib_layout.addWidget(self.calibration_plot)
+        self.calibration_section = QCollapsible("Uncertainty calibration")
+        self.calibration_section.addWidget(calib_box)
+
         model_row = QHBoxLayout()
         model_row.addWidget(self.model_combo, 1)
         model_row.addWidget(self.load_button)
         outputs = QVBoxLayout()
         for box in (self.want_mean, self.want_variance, self.want_median, self.want_samples):
             outputs.addWidget(box)
+        uncertain_row = QHBoxLayout()
+        uncertain_row.addWidget(self.want_uncertain)
+        uncertain_row.addWidget(self.uncertain_threshold)
+        outputs.addLayout(uncertain_row)
         form = QFormLayout()
         form.addRow("model", model_row)
         form.addRow("image", self.image_combo)
@@ -119,6 +176,7 @@ class DenoiseWidget(QWidget):
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
+        layout.addWidget(self.calibration_section)
         layout.addWidget(self.noise_button)
         layout.addWidget(self.noise_profiles)
         layout.addWidget(self.noise_summary)
@@ -129,8 +187,14 @@ class DenoiseWidget(QWidget):
         self._method_changed(self.method.currentText())
         self._set_running(False)
         self.image_combo.currentTextChanged.connect(lambda *_: self._show_axes_guess())
+        self.image_combo.currentTextChanged.connect(lambda *_: self._suggest_threshold())
+        self.uncertain_threshold.valueChanged.connect(self._threshold_edited)
+        self._threshold_is_suggested = True
+        self._suggest_threshold()
         self.model_combo.currentIndexChanged.connect(lambda *_: self._show_axes_guess())
+        self.model_combo.currentIndexChanged.connect(lambda *_: self._show_calibration_state())
         self._show_axes_guess()
+        self._show_calibration_state()
 
     def _model_dims(self) -> int:
         key = self.model_combo.currentData()
@@ -204,11 +268,15 @@ class DenoiseWidget(QWidget):
 
     def _method_changed(self, method: str) -> None:
         sampled = method == "sample"
-        for w in (self.n_samples, self.want_mean, self.want_variance, self.want_median, self.want_samples):
+        for w in (self.n_samples, self.want_mean, self.want_variance, self.want_median, self.want_samples,
+                  self.want_uncertain, self.uncertain_threshold):
             w.setEnabled(sampled)
 
     def _prepare(self):
-        """(model, layer, data, axes) for the current choices, or None after reporting the problem."""
+        """(model, layer, data, axes) for the current choices; None while a job runs, or after reporting
+        what is missing."""
+        if self.worker is not None:
+            return None
         layer = self.image_combo.current_layer()
         problem = check_image_layer(layer)
         if problem:
@@ -227,8 +295,6 @@ class DenoiseWidget(QWidget):
         return model, layer, layer_array(layer), axes
 
     def start(self) -> None:
-        if self.worker is not None:
-            return
         prepared = self._prepare()
         if prepared is None:
             return
@@ -248,7 +314,9 @@ class DenoiseWidget(QWidget):
             return
         # Everything the results need is captured now: deleting the layer meanwhile is harmless.
         self._job = dict(source=layer.name, like=layer_geometry(layer),
-                         want_mean=not sampled or self.want_mean.isChecked())
+                         want_mean=not sampled or self.want_mean.isChecked(),
+                         uncertain=(self.uncertain_threshold.value() if sampled and self.want_variance.isChecked()
+                                    and self.want_uncertain.isChecked() else None))
         from ..engine.inference import denoise_iter
 
         self._start_worker(denoise_iter(model, data, axes, **options), self._on_result)
@@ -290,18 +358,34 @@ class DenoiseWidget(QWidget):
             names.append(self._put(result.direct, f"{src}_cosdd_direct", like))
         if result.mean is not None and job["want_mean"]:
             names.append(self._put(result.mean, f"{src}_cosdd_mean", like))
+        note = ""
         if result.variance is not None:
-            names.append(self._put(result.variance, f"{src}_cosdd_variance", like, colormap="magma"))
-            names.append(self._put(result.std, f"{src}_cosdd_std", like, colormap="magma", visible=False))
+            calibrated = result.info.get("std", {}).get("calibrated", False)
+            # Only a calibrated std is called one: otherwise it is the samples' spread, not an error bar.
+            std_name, var_name = (("std_calibrated", "variance_calibrated") if calibrated
+                                  else ("spread_std", "spread_variance"))
+            info = {"cosdd_std": result.info.get("std", {})}
+            names.append(self._put(result.variance, f"{src}_cosdd_{var_name}", like, colormap="magma",
+                                   metadata=info, visible=False))
+            names.append(self._put(result.std, f"{src}_cosdd_{std_name}", like, colormap="magma", metadata=info))
+            note = (" The std is calibrated against " + result.info["std"].get("fitted_on", "a reference") + "."
+                    if calibrated else " The std is the posterior samples' spread, uncalibrated: not an error "
+                    "bar until you calibrate it (Uncertainty calibration).")
+            threshold = job.get("uncertain")
+            if threshold is not None:
+                marked = (result.std > threshold).astype(np.uint8)
+                name = f"{src}_cosdd_{'std' if calibrated else 'spread'}_above_{threshold:g}"
+                names.append(self._put(marked, name, like, labels=True, opacity=0.5))
+                note += f" {100 * marked.mean():.1f} % of pixels have a std above {threshold:g}."
         if result.median is not None:
             names.append(self._put(result.median, f"{src}_cosdd_median", like))
         if result.samples is not None:
             names.append(self._put(result.samples, f"{src}_cosdd_samples", like))
         check = result.check
         if check is not None and not check.ok:
-            report(self.status, "Done: " + ", ".join(names) + ". Warning: " + check.message + ".", "warning")
+            report(self.status, "Done: " + ", ".join(names) + ". Warning: " + check.message + "." + note, "warning")
         else:
-            report(self.status, "Done: " + ", ".join(names) + ".")
+            report(self.status, "Done: " + ", ".join(names) + "." + note)
 
     def _put(self, data: np.ndarray, name: str, like: dict, **kwargs) -> str:
         put_layer(self.viewer, data, name, like=like, **kwargs)
@@ -318,6 +402,101 @@ class DenoiseWidget(QWidget):
         self.cancel_button.setEnabled(running)
         self.noise_button.setEnabled(not running)
         self.load_button.setEnabled(not running)
+        self.calibrate_button.setEnabled(not running)
+        self.save_model_button.setEnabled(not running)
+
+    # ------------------------------------------------------------------ uncertainty calibration
+
+    def _suggest_threshold(self) -> None:
+        """Until the user sets it, the std threshold is 5 % of the image's contrast range (its units)."""
+        layer = self.image_combo.current_layer()
+        if layer is None or not self._threshold_is_suggested:
+            return
+        low, high = layer.contrast_limits
+        self.uncertain_threshold.blockSignals(True)
+        self.uncertain_threshold.setValue(float(f"{0.05 * max(high - low, 1e-9):.3g}"))
+        self.uncertain_threshold.blockSignals(False)
+
+    def _threshold_edited(self, *_) -> None:
+        self._threshold_is_suggested = False
+
+    def _show_calibration_state(self) -> None:
+        key = self.model_combo.currentData()
+        model = self.session.model if key == SESSION_KEY else self._models.get(key)
+        cal = getattr(model, "calibration", None)
+        if cal is None:
+            self.calibration_state.setText("The chosen model's std is not calibrated: it is the spread of its "
+                                           "posterior samples.")
+        else:
+            scales = ", ".join(f"{s:.3g}" for s in cal.scales)
+            self.calibration_state.setText(f"The chosen model's std is calibrated (x {scales}, fitted on "
+                                           f"{cal.fitted_on}).")
+
+    def calibrate(self) -> None:
+        """Fit the std's scale against the reference layer and/or the background labels, in a worker."""
+        from ..engine.inference import calibrate_iter
+
+        prepared = self._prepare()
+        if prepared is None:
+            return
+        model, layer, data, axes = prepared
+        reference_layer = self.reference_combo.current_layer()
+        background_layer = self.background_combo.current_layer()
+        if reference_layer is None and background_layer is None:
+            report(self.status, "Choose a reference image (a low-noise image of the same field) or a labels layer "
+                                "painted over flat background, then Calibrate std.", "error")
+            return
+        if reference_layer is not None and reference_layer.name == layer.name:
+            report(self.status, "The reference must be another image than the one calibrated.", "error")
+            return
+        reference = layer_array(reference_layer) if reference_layer is not None else None
+        background = np.asarray(background_layer.data) != 0 if background_layer is not None else None
+        try:
+            gen = calibrate_iter(model, data, axes, reference=reference, background=background,
+                                 n_samples=self.n_samples.value(), match=self.match.currentText(),
+                                 tile=self.tile.value() or None, device="auto", seed=0)
+        except Exception as exc:  # noqa: BLE001
+            report(self.status, describe_error(exc), "error")
+            return
+        parts = [] if reference_layer is None else [f"'{reference_layer.name}'"]
+        parts += [] if background_layer is None else [f"the background in '{background_layer.name}'"]
+        what = " and ".join(parts)
+        self._calibration_job = dict(model=model, image=layer.name, against=what)
+        self._start_worker(gen, self._on_calibration)
+        report(self.status, f"Calibrating the std on '{layer.name}' against {what} "
+                            f"({self.n_samples.value()} samples)...")
+
+    def _on_calibration(self, result) -> None:
+        if result is None:  # cancelled
+            return
+        job = self._calibration_job
+        result.calibration.fitted_on = f"{job['against']} for '{job['image']}' ({result.calibration.fitted_on})"
+        job["model"].calibration = result.calibration
+        self.calibration_plot.set_bins(result.before[0], result.after[0])
+        self.calibration_plot.setVisible(True)
+        self._show_calibration_state()
+        report(self.status, "Calibrated: " + result.message + ". Denoise with samples and std to get calibrated "
+                            "std layers; Save model... keeps the calibration in a file.")
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save COSDD model", "", MODEL_FILTER)
+        if path:
+            self.save_model_to(path)
+
+    def save_model_to(self, path) -> bool:
+        """Write the chosen model (with its calibration) to `path`; a message either way."""
+        from ..engine.model_file import save_model
+
+        try:
+            model = self.current_model()
+            if model is None:
+                raise ValueError("There is no model to save: train one or load a model file first.")
+            save_model(model, path)
+        except Exception as exc:  # noqa: BLE001
+            report(self.status, describe_error(exc), "error")
+            return False
+        report(self.status, f"Saved the model to {Path(path).name}.")
+        return True
 
     # ------------------------------------------------------------------ noise check
 
@@ -334,8 +513,6 @@ class DenoiseWidget(QWidget):
         """Draw new noise from the model around the shown plane's signal, in a worker (progress, Cancel)."""
         from ..engine.noise_check import check_noise_iter
 
-        if self.worker is not None:
-            return
         prepared = self._prepare()
         if prepared is None:
             return

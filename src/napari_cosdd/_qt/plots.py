@@ -1,4 +1,4 @@
-"""Live plots drawn with pyqtgraph: the training losses, and autocorrelation profiles."""
+"""Plots drawn with pyqtgraph: the training losses, autocorrelation profiles, and the std calibration."""
 
 from __future__ import annotations
 
@@ -156,3 +156,37 @@ class ProfilePlot(QWidget):
             self.curves[name] = self.plot.plot(np.arange(len(values)), np.asarray(values, float), name=name,
                                                pen=pen, symbol="o", symbolSize=4,
                                                symbolBrush=self.COLOURS[i % len(self.COLOURS)])
+
+
+class CalibrationPlot(QWidget):
+    """The real error (RMSE) against the predicted std (RMV) in bins of predicted std, before and after
+    calibration, with the identity line on which a calibrated std lies."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.plot = _plot_widget(170)
+        self.plot.setLabel("bottom", "predicted std (RMV)")
+        self.plot.setLabel("left", "real error (RMSE)")
+        self.items: list = []
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.plot)
+
+    def set_bins(self, before, after) -> None:
+        """`before` and `after`: Reliability objects (engine.calibration) of one channel."""
+        for item in self.items:
+            self.plot.removeItem(item)
+        legend = self.plot.plotItem.legend
+        if legend is not None:
+            legend.clear()
+        top = float(max(np.max(before.rmv), np.max(after.rmv), np.max(after.rmse))) * 1.05
+        dashed = pg.mkPen("#888888", width=1, style=pg.QtCore.Qt.PenStyle.DashLine)
+        self.items = [
+            self.plot.plot([0, top], [0, top], pen=dashed, name="calibrated: RMSE = RMV"),
+            self.plot.plot(before.rmv, before.rmse, pen=pg.mkPen("#f0a030", width=2), symbol="o", symbolSize=5,
+                           symbolBrush="#f0a030", name=f"samples' spread (ENCE {before.ence:.2f})"),
+            self.plot.plot(after.rmv, after.rmse, pen=pg.mkPen("#4c9be8", width=2), symbol="o", symbolSize=5,
+                           symbolBrush="#4c9be8", name=f"calibrated (ENCE {after.ence:.2f})"),
+        ]
+        self.plot.setXRange(0, top)
+        self.plot.setYRange(0, top)

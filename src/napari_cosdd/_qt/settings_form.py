@@ -1,90 +1,90 @@
-"""A form with one editor per field of the engine's TrainConfig and ModelConfig (the Advanced section).
+"""The Train widget's Advanced section: a magicgui form made from the engine's config dataclasses.
 
-Empty or unchanged editors leave the engine's default, so the form never hides a default change in
-the engine; typed values are parsed and checked when training starts.
+Each field's editor, range and tooltip come from its metadata (`engine.config.settings`), the same
+source as the command line's flags and docs/settings.md. A field the user has not changed gives no
+value, so the engine's default (or the preset's, for the model's size) applies; a default that
+changes in the engine therefore never hides behind an old number in the form.
 """
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Any
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QLineEdit, QWidget
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox, Widget
 
-from ..engine.config import FIELD_CHOICES, FIELD_HELP
+from ..engine.config import Setting, settings
 
 # Fields edited elsewhere in the Train widget or set from the data.
 SHOWN_ELSEWHERE = {"max_steps", "max_minutes", "device", "in_channels", "spatial_dims", "orientation"}
-NULLABLE_TYPES = {"threads": int, "clip_outliers": float, "seed": int}
+LARGEST = 10**9
 
 
-class SettingsForm(QWidget):
-    """Editors for the fields of some dataclasses; `values(cls)` returns the fields the user set."""
+def editor_for(s: Setting) -> Widget:
+    """The magicgui editor of one setting: check box, choice, spin box, or a line for sequences and
+    settings that may be left empty."""
+    common = dict(name=s.name, label=s.label, tooltip=s.help)
+    if s.kind is bool:
+        return CheckBox(value=s.default, text="", **common)
+    if s.choices:
+        return ComboBox(value=s.default, choices=list(s.choices), **common)
+    if s.count is None and not s.nullable and s.kind is int:
+        return SpinBox(value=s.default, min=int(s.low if s.low is not None else -LARGEST),
+                       max=int(s.high if s.high is not None else LARGEST), step=int(s.step or 1), **common)
+    if s.count is None and not s.nullable and s.kind is float:
+        # The step sets the decimals shown, so small values (learning rates) are not rounded away.
+        return FloatSpinBox(value=s.default, min=s.low if s.low is not None else -float(LARGEST),
+                            max=s.high if s.high is not None else float(LARGEST), step=s.step or 0.1, **common)
+    line = LineEdit(value="", **common)
+    line.native.setPlaceholderText(s.shown_default() or s.empty)
+    return line
 
-    def __init__(self, classes, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.editors: dict[str, tuple[type, dataclasses.Field, QWidget]] = {}
-        layout = QFormLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
+
+class SettingsForm(Container):
+    """Editors for the settings of some config dataclasses; `values(cls)` returns what the user changed.
+
+    `show_defaults(cls, values)` puts other defaults in the editors the user has not touched (the
+    preset's network size), so the form always shows what training will use.
+    """
+
+    def __init__(self, classes) -> None:
+        super().__init__(labels=True)
+        self.settings: dict[str, Setting] = {}
+        self._shown: dict[str, Any] = {}
         for cls in classes:
-            for f in dataclasses.fields(cls):
-                if f.name in SHOWN_ELSEWHERE:
+            for s in settings(cls):
+                if s.name in SHOWN_ELSEWHERE:
                     continue
-                editor = self._editor(f)
-                editor.setToolTip(FIELD_HELP.get(f.name, f.name))
-                layout.addRow(f.name.replace("_", " "), editor)
-                self.editors[f.name] = (cls, f, editor)
+                self.settings[s.name] = s
+                self._shown[s.name] = s.default
+                self.append(editor_for(s))
+        self.native.layout().setContentsMargins(0, 0, 0, 0)
 
-    @staticmethod
-    def _default(f: dataclasses.Field):
-        return f.default if f.default is not dataclasses.MISSING else f.default_factory()
-
-    def _editor(self, f: dataclasses.Field) -> QWidget:
-        default = self._default(f)
-        if isinstance(default, bool):
-            box = QCheckBox()
-            box.setChecked(default)
-            return box
-        if f.name in FIELD_CHOICES:
-            combo = QComboBox()
-            combo.addItems(FIELD_CHOICES[f.name])
-            combo.setCurrentText(str(default))
-            return combo
-        edit = QLineEdit()
-        if isinstance(default, tuple):
-            edit.setPlaceholderText(" ".join(map(str, default)) if default else "automatic")
-        else:
-            edit.setPlaceholderText("" if default is None else f"{default:g}" if isinstance(default, float)
-                                    else str(default))
-        return edit
-
-    def values(self, cls) -> dict:
-        """Parsed values of `cls`'s fields that differ from the engine default; ValueError names the field."""
-        out = {}
-        for name, (owner, f, editor) in self.editors.items():
-            if owner is not cls:
+    def show_defaults(self, cls, values: dict[str, Any]) -> None:
+        """Show `values` as the defaults of `cls`'s untouched fields (others keep the user's entry)."""
+        for name, s in self.settings.items():
+            if s.owner is not cls or name not in values:
                 continue
-            default = self._default(f)
-            if isinstance(editor, QCheckBox):
-                value = editor.isChecked()
-            elif isinstance(editor, QComboBox):
-                value = editor.currentText()
-            else:
-                text = editor.text().strip()
-                if not text:
+            editor, new = self[name], values[name]
+            if isinstance(editor, LineEdit):
+                shown = " ".join(map(str, new)) if isinstance(new, tuple) else "" if new is None else str(new)
+                editor.native.setPlaceholderText(shown or s.empty)
+            elif editor.value == self._shown[name]:
+                editor.value = new
+            self._shown[name] = new
+
+    def values(self, cls) -> dict[str, Any]:
+        """Typed values of `cls`'s fields that the user changed; ValueError names a field it cannot read."""
+        out = {}
+        for name, s in self.settings.items():
+            if s.owner is not cls:
+                continue
+            editor = self[name]
+            if isinstance(editor, LineEdit):
+                if not editor.value.strip():
                     continue
-                value = self._parse(f, default, text)
-            if value != default:
+                value = s.parse(editor.value)
+            else:
+                value = editor.value
+            if value != self._shown[name]:
                 out[name] = value
         return out
-
-    @staticmethod
-    def _parse(f: dataclasses.Field, default, text: str):
-        label = f.name.replace("_", " ")
-        try:
-            if isinstance(default, tuple) or f.name == "clip_outliers":
-                kind = NULLABLE_TYPES.get(f.name, int)
-                return tuple(kind(v) for v in text.replace(",", " ").split())
-            kind = NULLABLE_TYPES.get(f.name) or type(default)
-            return kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
-        except ValueError:
-            raise ValueError(f"Advanced setting '{label}': {text!r} is not a valid value") from None

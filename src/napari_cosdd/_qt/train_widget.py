@@ -26,7 +26,8 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 from superqt.utils import create_worker
 
-from ..engine.config import DEFAULT_PRESET_CPU, DEFAULT_PRESET_GPU, ORIENTATIONS, PRESETS, ModelConfig, TrainConfig
+from ..engine.config import (DEFAULT_PRESET_CPU, DEFAULT_PRESET_GPU, ORIENTATIONS, PRESETS, ModelConfig, TrainConfig,
+                             preset_defaults)
 from ..engine.progress import format_duration
 from .common import (
     ask_model_path,
@@ -81,8 +82,11 @@ class TrainWidget(QWidget):
         self.device = QComboBox()
         self._fill_devices()
         self.advanced_form = SettingsForm((TrainConfig, ModelConfig))
+        self.advanced_form.show_defaults(ModelConfig, preset_defaults(self.preset.currentText()))
+        self.preset.currentTextChanged.connect(
+            lambda name: self.advanced_form.show_defaults(ModelConfig, preset_defaults(name)))
         self.advanced = QCollapsible("Advanced")
-        self.advanced.addWidget(self.advanced_form)
+        self.advanced.addWidget(self.advanced_form.native)
 
         self.train_button = QPushButton("Train")
         self.train_button.clicked.connect(lambda: self.start(resume=False))

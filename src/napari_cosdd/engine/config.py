@@ -13,68 +13,67 @@ OPTIMIZERS = ("adam", "adamax")
 MERGES = ("block", "add")
 
 
+def setting(default: Any, help: str, *, kind: type | None = None, choices: tuple[str, ...] | None = None,
+            count: int | str | None = None, low: float | None = None, high: float | None = None,
+            step: float | None = None, flag: str | None = None, empty: str | None = None) -> Any:
+    """A config field whose description and editing hints live in its metadata, in one place.
+
+    The command line's flags and ``--help``, the Train widget's form and tooltips, and docs/settings.md
+    are all made from these (see `settings`). `kind` is the value type where the default does not say it
+    (None defaults, tuples); `count` is how many values a sequence takes (a number or "+"); `low`,
+    `high` and `step` bound and step the form's spin boxes (the dataclass still checks the values);
+    `flag` is the command line's flag where it is not the name with dashes ("" when the data set it);
+    `empty` says what an empty editor means (default "automatic").
+    """
+    meta = {"help": help, "kind": kind, "choices": choices, "count": count, "low": low, "high": high,
+            "step": step, "flag": flag, "empty": empty}
+    return dataclasses.field(default=default, metadata={k: v for k, v in meta.items() if v is not None})
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild the networks (not the weights).
 
-    Parameters
-    ----------
-    in_channels : int
-        Number of image channels; the noise of each channel is modelled independently.
-    spatial_dims : int
-        2 for (Y, X) images, 3 for (Z, Y, X) volumes.
-    orientation : str
-        Axis along which the noise is correlated and the AR decoder runs: "x" (rows), "y" (columns),
-        "z" (depth, 3-D only) or "none" (pixel-independent noise).
-    levels : int
-        Number of latent levels of the ladder VAE.
-    features : int
-        Feature channels of the VAE, signal decoder and Direct Denoiser.
-    latent_channels : int
-        Latent channels per level (the reference uses features // 2).
-    downsampling : tuple of int
-        1 where a level halves the resolution, 0 where it keeps it; one entry per level.
-    latent_kernel : int
-        Kernel of the convolutions that give the posterior and prior parameters and map a latent
-        sample back to features (3 in the method; 1 is cheaper).
-    merge : str
-        How the bottom-up and top-down values meet, and the stochastic skip: "block" (a 1x1 convolution
-        and a gated residual block, as the method does) or "add" (a sum: faster, but see benchmarks.md).
-    ar_filters, ar_kernel, ar_dilations : AR decoder width, 1-D kernel size and the dilation of each
-        block (a causal convolution plus the code, ReLU, a 1x1 convolution); the first block sees only
-        earlier pixels. The defaults see the 41 previous pixels, as the method's 4 pairs of blocks do.
-    mixture_components : int
-        Gaussians per pixel in the AR decoder's likelihood.
-    min_scale : float
-        Floor on the mixture scales in normalised units; keeps the likelihood finite.
-    signal_decoder_layers : int
-        Convolutions of the signal decoder.
-    signal_decoder_features : int or None
-        Width of the signal decoder's hidden layers (None: ``features``).
-    direct_denoiser : bool
-        Whether a Direct Denoiser U-Net is trained alongside.
-    direct_loss : str
-        "mse" (the Direct Denoiser learns the posterior mean) or "l1" (the pixel-wise median).
+    Each field's meaning is in its metadata (`setting`): ``settings(ModelConfig)`` lists them, and
+    docs/settings.md shows them as a table.
     """
 
-    in_channels: int = 1
-    spatial_dims: int = 2
-    orientation: str = "x"
-    levels: int = 8
-    features: int = 64
-    latent_channels: int = 32
-    downsampling: tuple[int, ...] = ()
-    latent_kernel: int = 3
-    merge: str = "block"
-    ar_filters: int = 64
-    ar_kernel: int = 5
-    ar_dilations: tuple[int, ...] = (1, 1, 2, 1, 2, 1, 1, 1)
-    mixture_components: int = 3
-    min_scale: float = 1e-3
-    signal_decoder_layers: int = 4
-    signal_decoder_features: int | None = None
-    direct_denoiser: bool = True
-    direct_loss: str = "mse"
+    in_channels: int = setting(1, "Number of image channels; the noise of each channel is modelled "
+                                  "independently.", low=1, flag="")
+    spatial_dims: int = setting(2, "2 for (Y, X) images, 3 for (Z, Y, X) volumes.", low=2, high=3)
+    orientation: str = setting("x", "Axis along which the noise is correlated and the AR decoder runs: x (rows), "
+                                    "y (columns), z (depth, 3-D only) or none (pixel-independent noise).",
+                               choices=ORIENTATIONS)
+    levels: int = setting(8, "Latent levels of the ladder VAE.", low=1, high=32)
+    features: int = setting(64, "Feature channels of the VAE, the signal decoder and the Direct Denoiser.",
+                            low=1, high=1024)
+    latent_channels: int = setting(32, "Latent channels per level (the method uses half the features).",
+                                   low=1, high=1024)
+    downsampling: tuple[int, ...] = setting((), "Per level, finest first: 1 halves the resolution, 0 keeps it "
+                                                "(empty: worked out from the crop size).", kind=int, count="+")
+    latent_kernel: int = setting(3, "Kernel of the convolutions that give the posterior and prior parameters "
+                                    "and map a latent sample back to features (3 in the method; 1 is cheaper).",
+                                 low=1, high=7, step=2)
+    merge: str = setting("block", "Where bottom-up and top-down values meet, and in the stochastic skip: block "
+                                  "(a 1x1 convolution and a gated residual block, as the method does) or add "
+                                  "(a sum: faster, see benchmarks.md).", choices=MERGES)
+    ar_filters: int = setting(64, "Width of the AR decoder.", low=1, high=1024)
+    ar_kernel: int = setting(5, "1-D kernel size of the AR decoder's causal convolutions.", low=2, high=15)
+    ar_dilations: tuple[int, ...] = setting(
+        (1, 1, 2, 1, 2, 1, 1, 1), "Dilation of each AR decoder block (a causal convolution, the code, ReLU, "
+                                  "a 1x1 convolution); the first block sees only earlier pixels. The default "
+                                  "sees the 41 previous pixels, as the method's 4 pairs of blocks do.",
+        kind=int, count="+")
+    mixture_components: int = setting(3, "Gaussians per pixel in the AR decoder's noise likelihood.",
+                                      low=1, high=16)
+    min_scale: float = setting(1e-3, "Floor on the mixture scales in normalised units; keeps the likelihood "
+                                     "finite.", low=1e-6, high=1.0, step=1e-4)
+    signal_decoder_layers: int = setting(4, "Convolutions of the signal decoder.", low=1, high=16)
+    signal_decoder_features: int | None = setting(None, "Width of the signal decoder's hidden layers "
+                                                        "(empty: the features).", kind=int)
+    direct_denoiser: bool = setting(True, "Train a Direct Denoiser U-Net alongside, for one-pass denoising.")
+    direct_loss: str = setting("mse", "mse: the Direct Denoiser learns the posterior mean; l1: the pixel-wise "
+                                      "median.", choices=DIRECT_LOSSES)
 
     def __post_init__(self) -> None:
         self.downsampling = tuple(int(d) for d in self.downsampling)
@@ -156,37 +155,55 @@ def default_downsampling(levels: int, crop_size: int) -> tuple[int, ...]:
 class TrainConfig:
     """How to train: budgets, optimisation, data sampling and device.
 
-    Step and time budgets combine: training ends at whichever comes first (None = no limit from it).
+    Step and time budgets combine: training ends at whichever comes first. Each field's meaning is in
+    its metadata (`setting`): ``settings(TrainConfig)`` lists them, and docs/settings.md shows them.
     """
 
-    crop_size: int = 64
-    batch_size: int = 4
-    max_steps: int | None = 2000
-    max_minutes: float | None = None
-    optimizer: str = "adamax"
-    learning_rate: float = 2e-3
-    lr_patience: int = 4            # validations without improvement before the lr is reduced
-    lr_factor: float = 0.1
-    min_lr: float = 1e-6
-    early_stopping_patience: int = 25   # validations without improvement before stopping
-    val_every: int = 50             # steps between validations
-    val_fraction: float = 0.1
-    val_crops: int = 16             # fixed validation crops (the same every validation)
-    grad_clip: float = 10.0
-    direct_average: float = 0.99    # decay of the averaged Direct Denoiser weights kept (0 = the last ones)
-    direct_lr_floor: float = 1.0    # the Direct Denoiser's lr never falls below this share of learning_rate
-    max_nonfinite: int = 20         # consecutive non-finite losses before training gives up
-    collapse_kl: float = 2e-4       # validation KL (nats/pixel) under which the latents count as dead
-    collapse_patience: int = 3      # validations in a row under it before the collapse guard acts
-    collapse_restarts: int = 1      # fresh starts (new seed) the guard makes before it stops training
-    seed: int | None = 0
-    device: str = "auto"
-    bf16: bool = True               # bf16 autocast on CUDA
-    cpu_bf16: bool = False          # bf16 autocast on CPUs with bf16 instructions (AVX-512 BF16, AMX)
-    channels_last: bool = True      # 2-D models train in channels-last layout (same arithmetic, faster on CPU)
-    checkpointing: bool = False     # activation checkpointing (saves GPU memory, costs time)
-    threads: int | None = None      # CPU threads for torch (None = torch's default)
-    clip_outliers: tuple[float, float] | None = None   # percentiles, e.g. (0.1, 99.9)
+    crop_size: int = setting(64, "Side of the random training crops, pixels.", low=8, high=4096)
+    batch_size: int = setting(4, "Crops per step (per process when distributed).", low=1, high=1024)
+    max_steps: int | None = setting(2000, "Step budget (empty: no step limit; then give minutes).", kind=int,
+                                    flag="--steps")
+    max_minutes: float | None = setting(None, "Time budget in minutes (empty: no time limit).", kind=float,
+                                        flag="--minutes")
+    optimizer: str = setting("adamax", "adamax (the reference's choice: kept the latents of smooth images alive "
+                                       "where adam let them die) or adam.", choices=OPTIMIZERS)
+    learning_rate: float = setting(2e-3, "Initial learning rate.", low=1e-7, high=1.0, step=1e-5)
+    lr_patience: int = setting(4, "Validations without improvement before the learning rate drops.",
+                               low=1, high=1000)
+    lr_factor: float = setting(0.1, "Factor applied to the learning rate on a plateau.", low=0.01, high=1.0,
+                               step=0.05)
+    min_lr: float = setting(1e-6, "Lowest learning rate.", low=0.0, high=1.0, step=1e-7)
+    early_stopping_patience: int = setting(25, "Validations without improvement before training ends.",
+                                           low=1, high=100000)
+    val_every: int = setting(50, "Steps between validations.", low=1, high=100000)
+    val_fraction: float = setting(0.1, "Share of the data held out for validation.", low=0.01, high=0.9,
+                                  step=0.05)
+    val_crops: int = setting(16, "Fixed validation crops (the same at every validation).", low=1, high=4096)
+    grad_clip: float = setting(10.0, "Gradient norm clip.", low=0.0, high=1e6, step=1.0)
+    direct_average: float = setting(0.99, "Decay of the moving average of the Direct Denoiser's weights that "
+                                          "is kept (0 keeps the last weights).", low=0.0, high=0.9999, step=0.001)
+    direct_lr_floor: float = setting(1.0, "The Direct Denoiser's learning rate never falls below this share of "
+                                          "the initial one.", low=0.0, high=1.0, step=0.05)
+    max_nonfinite: int = setting(20, "Non-finite losses in a row before training gives up.", low=1, high=100000)
+    collapse_kl: float = setting(2e-4, "Validation KL (nats per pixel) under which the latents count as "
+                                       "collapsed (0: no collapse guard).", low=0.0, high=1.0, step=1e-5)
+    collapse_patience: int = setting(3, "Validations in a row under collapse_kl before the guard acts.",
+                                     low=1, high=1000)
+    collapse_restarts: int = setting(1, "Fresh starts with a new seed before training stops on a collapse.",
+                                     low=0, high=100)
+    seed: int | None = setting(0, "Random seed of weights and crops (empty: a fresh one each run).", kind=int)
+    device: str = setting("auto", "auto (a GPU when there is one), cpu, cuda, cuda:N or mps.")
+    bf16: bool = setting(True, "bf16 autocast on CUDA.")
+    cpu_bf16: bool = setting(False, "bf16 autocast on CPUs that have bf16 instructions (AVX-512 BF16, AMX); "
+                                    "fp32 on others.")
+    channels_last: bool = setting(True, "Train 2-D models in channels-last memory layout (same arithmetic, "
+                                        "faster on CPU).")
+    checkpointing: bool = setting(False, "Activation checkpointing (less GPU memory, slower).")
+    threads: int | None = setting(None, "CPU threads for torch (empty: torch's default; set process-wide).",
+                                  kind=int)
+    clip_outliers: tuple[float, float] | None = setting(
+        None, "Clip each channel to these two percentiles before training, e.g. 0.1 99.9 (empty: no clipping).",
+        kind=float, count=2, empty="no clipping")
 
     def __post_init__(self) -> None:
         if self.crop_size < 8:
@@ -217,50 +234,109 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-# One line of help per setting, for the command line's flags and the widgets' tooltips.
-FIELD_HELP = {
-    "crop_size": "side of the random training crops, pixels",
-    "batch_size": "crops per step (per process when distributed)",
-    "optimizer": "adamax (the reference's choice, the default) or adam",
-    "learning_rate": "initial learning rate",
-    "lr_patience": "validations without improvement before the learning rate drops",
-    "lr_factor": "factor applied to the learning rate on a plateau",
-    "min_lr": "lowest learning rate",
-    "early_stopping_patience": "validations without improvement before training ends",
-    "val_every": "steps between validations",
-    "val_fraction": "share of the data held out for validation",
-    "val_crops": "number of fixed validation crops",
-    "grad_clip": "gradient norm clip",
-    "direct_average": "decay of the moving average of the Direct Denoiser's weights (0 keeps the last)",
-    "direct_lr_floor": "the Direct Denoiser's learning rate stays above this share of the initial one",
-    "max_nonfinite": "non-finite losses in a row before training gives up",
-    "collapse_kl": "validation KL (nats/pixel) under which the latents count as collapsed (0: no guard)",
-    "collapse_patience": "validations in a row under collapse_kl before the guard acts",
-    "collapse_restarts": "fresh starts with a new seed before training stops on a collapse",
-    "bf16": "bf16 autocast on CUDA",
-    "cpu_bf16": "bf16 autocast on CPUs that have bf16 instructions (AVX-512 BF16, AMX); fp32 on others",
-    "channels_last": "train 2-D models in channels-last memory layout (same arithmetic, faster on CPU)",
-    "checkpointing": "activation checkpointing (less GPU memory, slower)",
-    "threads": "CPU threads for torch",
-    "clip_outliers": "clip the input to these two percentiles, e.g. 0.1 99.9",
-    "levels": "latent levels of the ladder VAE",
-    "features": "feature channels of the networks",
-    "latent_channels": "latent channels per level",
-    "downsampling": "per level: 1 halves the resolution, 0 keeps it",
-    "ar_filters": "AR decoder width",
-    "ar_kernel": "AR decoder 1-D kernel size",
-    "ar_dilations": "AR decoder dilations, one per block",
-    "latent_kernel": "kernel of the latent (posterior, prior, sample) convolutions",
-    "merge": "block (as the method) or add (faster) where bottom-up and top-down meet",
-    "signal_decoder_features": "width of the signal decoder (default: features)",
-    "mixture_components": "Gaussians per pixel in the noise likelihood",
-    "min_scale": "floor on the mixture scales (normalised units)",
-    "signal_decoder_layers": "convolutions of the signal decoder",
-    "direct_denoiser": "train the Direct Denoiser U-Net alongside",
-    "direct_loss": "mse: the Direct Denoiser gives the posterior mean; l1: the median",
-}
-# Settings that take one of a few words: the command line and the widgets offer exactly these.
-FIELD_CHOICES = {"direct_loss": DIRECT_LOSSES, "optimizer": OPTIMIZERS, "merge": MERGES}
+@dataclass(frozen=True)
+class Setting:
+    """One field of a config dataclass as the form, the command line and the docs see it."""
+
+    name: str
+    owner: type
+    help: str
+    default: Any
+    kind: type                      # bool, int, float or str: the type of the value or of its items
+    choices: tuple[str, ...] | None
+    count: int | str | None         # None: one value; a number or "+": a sequence of that many
+    nullable: bool                  # the field takes None (an empty editor)
+    low: float | None
+    high: float | None
+    step: float | None
+    flag: str                       # the command line's flag; "" where the data set the value
+    empty: str                      # what an empty editor means
+
+    @property
+    def label(self) -> str:
+        return self.name.replace("_", " ")
+
+    def shown_default(self) -> str:
+        """The default as a person writes it: '' for None or an empty sequence."""
+        value = self.default
+        if value is None or value == ():
+            return ""
+        if isinstance(value, tuple):
+            return " ".join(map(str, value))
+        if isinstance(value, float):
+            return f"{value:g}"
+        return str(value)
+
+    def parse(self, text: str) -> Any:
+        """A typed value from what a person typed ('' gives None or the empty sequence); ValueError names it."""
+        text = text.strip()
+        try:
+            if self.count is not None:
+                values = tuple(self.kind(float(v)) if self.kind is int else self.kind(v)
+                               for v in text.replace(",", " ").split())
+                if not values:
+                    return None if self.nullable else ()
+                if isinstance(self.count, int) and len(values) != self.count:
+                    raise ValueError
+                return values
+            if not text:
+                if self.nullable:
+                    return None
+                raise ValueError
+            if self.kind is bool:
+                return {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}[text.lower()]
+            if self.kind is int:
+                number = float(text)
+                if not number.is_integer():
+                    raise ValueError
+                return int(number)
+            return self.kind(text)
+        except (ValueError, KeyError):
+            wanted = f"{self.count} numbers" if isinstance(self.count, int) else (
+                "numbers separated by spaces" if self.count else f"a {self.kind.__name__}")
+            raise ValueError(f"setting '{self.label}': {text!r} is not valid ({wanted})") from None
+
+
+def settings(cls: type) -> list[Setting]:
+    """The settings of a config dataclass (ModelConfig, TrainConfig), in field order."""
+    out = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        default = f.default
+        kind = meta.get("kind") or type(default)
+        out.append(Setting(name=f.name, owner=cls, help=meta.get("help", f.name), default=default, kind=kind,
+                           choices=meta.get("choices"), count=meta.get("count"),
+                           nullable=default is None, low=meta.get("low"), high=meta.get("high"),
+                           step=meta.get("step"),
+                           flag=meta.get("flag", "--" + f.name.replace("_", "-")),
+                           empty=meta.get("empty", "automatic")))
+    return out
+
+
+def settings_markdown() -> str:
+    """docs/settings.md's tables: every setting, its default and its meaning, made from the metadata."""
+    lines = []
+    for cls, title in ((TrainConfig, "Training (`TrainConfig`)"), (ModelConfig, "Model (`ModelConfig`)")):
+        lines += [f"## {title}", "", "| setting | command line | default | meaning |", "| --- | --- | --- | --- |"]
+        for s in settings(cls):
+            flag = f"`{s.flag}`" if s.flag else "(from the data)"
+            if s.kind is bool:
+                flag = f"`{s.flag}` / `--no-{s.flag[2:]}`"
+            default = s.shown_default() or "(empty)"
+            meaning = s.help + (f" One of: {', '.join(s.choices)}." if s.choices else "")
+            lines.append(f"| `{s.name}` | {flag} | {default} | {meaning} |")
+        lines.append("")
+    lines += ["## Presets", "", "A preset sets the model's size; any model setting above overrides it.", "",
+              "| preset | " + " | ".join(PRESET_FIELDS) + " |", "| --- " * (len(PRESET_FIELDS) + 1) + "|"]
+    for name, values in PRESETS.items():
+        cells = []
+        for field_name in PRESET_FIELDS:
+            value = values.get(field_name, getattr(ModelConfig, field_name, ""))
+            cells.append(" ".join(map(str, value)) if isinstance(value, tuple) else str(value))
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    lines.append("")
+    return "\n".join(lines)
+
 
 # Presets name the network size; every field can still be overridden.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -283,6 +359,18 @@ PRESETS: dict[str, dict[str, Any]] = {
 # What to use when the user does not choose: CPU time is scarce, a GPU is not.
 DEFAULT_PRESET_CPU = "cpu"
 DEFAULT_PRESET_GPU = "large"
+
+
+PRESET_FIELDS = ("levels", "features", "latent_channels", "ar_filters", "ar_dilations", "mixture_components")
+
+
+def preset_defaults(preset: str) -> dict[str, Any]:
+    """Every model setting as the preset gives it (the dataclass default where the preset is silent)."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {s.name: s.default for s in settings(ModelConfig)}
+    values.update(PRESETS[preset])
+    return values
 
 
 def model_config_from_preset(preset: str, crop_size: int = 64, **overrides: Any) -> ModelConfig:

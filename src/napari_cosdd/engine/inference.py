@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from . import data as D
 from .device import autocast, free_memory, memory_budget, resolve_device
-from .model import COSDD
+from .nets.model import COSDD
 from .output_check import OutputCheck, check_output
 from .progress import run_to_end
 
@@ -194,13 +194,16 @@ class _Runner:
 def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "direct", n_samples: int = 100,
                  variance: bool = True, median: bool = False, keep_samples: bool = False,
                  tile: int | None = None, overlap: int | None = None, device: str = "auto",
-                 bf16: bool = True, seed: int | None = None,
+                 bf16: bool = True, seed: int | None = None, calibrated: bool = True,
                  ) -> Iterator[InferenceEvent]:
     """Generator of progress events whose return value (StopIteration.value) is a DenoiseResult.
 
     direct: one pass of the Direct Denoiser. sample: n_samples posterior samples giving the mean and,
     when asked, the variance and std, the pixel-wise median and the samples. Mean and variance
     accumulate as samples arrive; the median and kept samples hold all samples in memory.
+
+    When the model carries a std calibration (engine.calibration) and `calibrated` is true, the variance
+    and std are scaled by it, and ``info["std"]`` says so; otherwise they are the samples' own spread.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -290,10 +293,16 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
 
     result = DenoiseResult(info={"method": method, "tile": tile_shape, "tiles": len(tiles),
                                  "n_samples": n_samples if method == "sample" else 0})
+    calibration = getattr(model, "calibration", None) if calibrated else None
+    if variance and method == "sample":
+        result.info["std"] = ({"calibrated": True, **calibration.to_dict()} if calibration is not None
+                              else {"calibrated": False})
     for n, arr in outs.items():
         arr /= weight_sum
         if n == "variance":
             var = arr * std_**2
+            if calibration is not None:
+                var = var * np.asarray(calibration.scales, np.float32).reshape((-1,) + (1,) * dims) ** 2
             result.variance = layout.from_engine(var)
             result.std = layout.from_engine(np.sqrt(var))
         else:
@@ -311,6 +320,56 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
 def denoise(model: COSDD, image: np.ndarray, axes: str, **kwargs) -> DenoiseResult:
     """Denoise one array (see denoise_iter for the options) and return all outputs."""
     return run_to_end(denoise_iter(model, image, axes, **kwargs))
+
+
+def calibrate_iter(model: COSDD, image: np.ndarray, axes: str, reference: np.ndarray | None = None,
+                   background: np.ndarray | None = None, n_samples: int = 20, match: str = "affine",
+                   tile: int | None = None, device: str = "auto", seed: int | None = 0,
+                   ) -> Iterator[InferenceEvent]:
+    """Fit the posterior std's scale against what the user knows; a generator that returns a
+    CalibrationReport (engine.calibration). The model is not changed: set ``model.calibration =
+    report.calibration`` to use it (and save the model to keep it).
+
+    reference: a low-noise image of the same field (same axes and shape as `image`: a long exposure, or
+    the average of repeated frames). background: a mask (True on flat background; the image's shape or
+    its spatial shape). Give one or both; with both, the reference is used inside the mask only.
+    """
+    from .calibration import fit_to_background, fit_to_reference
+
+    if reference is None and background is None:
+        raise ValueError("give a reference image or a background region to calibrate against")
+    layout, stack = _model_input(model, image, axes)
+    mask = None
+    if background is not None:
+        mask = np.asarray(background).astype(bool)
+        spatial = tuple(stack.shape[2:])
+        if mask.shape == tuple(layout.shape):
+            mask = layout.to_engine(mask.astype(np.float32)) > 0.5
+        elif mask.shape == tuple(layout.spatial_shape):
+            mask = np.broadcast_to(mask, stack.shape)
+        else:
+            raise ValueError(f"the background mask has shape {mask.shape}; it must be the image's {layout.shape} "
+                             f"or its {layout.spatial_axes} shape {spatial}")
+    ref = None
+    if reference is not None:
+        reference = np.asarray(reference)
+        if reference.shape != tuple(layout.shape):
+            raise ValueError(f"the reference has shape {reference.shape} but the image {tuple(layout.shape)} "
+                             f"({axes}); give the same field of view, same size")
+        ref = layout.to_engine(reference.astype(np.float32))
+    result = yield from denoise_iter(model, image, axes, method="sample", n_samples=n_samples, variance=True,
+                                     tile=tile, device=device, seed=seed, calibrated=False)
+    std, mean = layout.to_engine(result.std), layout.to_engine(result.mean)
+    if ref is not None:
+        where = "a reference image" + (" inside a background mask" if mask is not None else "")
+        return fit_to_reference(std, mean, ref, mask=mask, match=match,
+                                fitted_on=f"{where}, {n_samples} samples")
+    return fit_to_background(std, mean, stack, mask, fitted_on=f"a background region, {n_samples} samples")
+
+
+def calibrate_model(model: COSDD, image: np.ndarray, axes: str, **kwargs):
+    """calibrate_iter to its end: the CalibrationReport."""
+    return run_to_end(calibrate_iter(model, image, axes, **kwargs))
 
 
 def generate_noisy_iter(model: COSDD, image: np.ndarray, axes: str, device: str = "auto",

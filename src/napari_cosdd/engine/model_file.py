@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
+from .calibration import Calibration
 from .config import ModelConfig
-from .model import COSDD
+from .nets.model import COSDD
 
 FORMAT = "napari-cosdd-model"
 # 2: the networks follow the method's ladder VAE (merge blocks, 3x3 latent convolutions, AR blocks);
@@ -64,6 +65,9 @@ def save_model(model: COSDD, path: str | os.PathLike, extra: dict | None = None,
         "history": _plain(getattr(model, "history", [])),
         "extra": _plain(extra or {}),
     }
+    calibration = getattr(model, "calibration", None)
+    if calibration is not None:
+        payload["calibration"] = _plain(calibration.to_dict())
     state = getattr(model, "training_state", None)
     if training_state and state:
         payload["training_state"] = state
@@ -123,6 +127,15 @@ def load_model(path: str | os.PathLike) -> COSDD:
         model.load_state_dict(payload["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ModelFileError(f"{path} does not match this version's model layout: {err}") from err
+    model.calibration = None
+    if payload.get("calibration") is not None:
+        try:
+            model.calibration = Calibration.from_dict(payload["calibration"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ModelFileError(f"{path} holds an unreadable std calibration: {err}") from err
+        if len(model.calibration.scales) != config.in_channels:
+            raise ModelFileError(f"{path} holds a std calibration for {len(model.calibration.scales)} channels "
+                                 f"but the model has {config.in_channels}")
     model.history = payload.get("history", [])
     model.extra = payload.get("extra", {})
     model.training_state = payload.get("training_state")

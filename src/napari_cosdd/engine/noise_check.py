@@ -14,7 +14,7 @@ import numpy as np
 from .autocorrelation import EVIDENCE_LAGS, NoiseAutocorrelation, noise_autocorrelation
 from .device import resolve_device
 from .inference import InferenceEvent, borrow, denoise, generate_noisy_iter
-from .model import COSDD
+from .nets.model import COSDD
 from .progress import run_to_end
 
 

@@ -15,7 +15,7 @@ from . import data as D
 from .config import (DEFAULT_PRESET_CPU, DEFAULT_PRESET_GPU, ModelConfig, TrainConfig,
                      model_config_from_preset)
 from .device import autocast, cpu_has_bf16, free_memory, prepare_cpu, resolve_device
-from .model import COSDD
+from .nets.model import COSDD
 
 LOSS_NAMES = ("elbo", "kl", "nll", "signal", "direct")
 
@@ -386,6 +386,46 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
 
     def fit(self) -> Iterator[TrainingEvent]:
+        """Train until a budget ends, early stopping, a stop request or a collapse; yield progress events.
+
+        Each pass of the loop is one training step; every `val_every` steps a validation keeps the
+        best weights and feeds the learning-rate schedule and the collapse guard. The model ends with
+        the best weights, back on its device, whatever ends the run.
+        """
+        cfg = self.cfg
+        run = self._begin()
+        yield self._event(run, "start", "; ".join(self.messages + run.notes + [
+            f"device {self.device}", f"crop {self.crop}", f"{self.steps_per_epoch} steps per epoch"]))
+        try:
+            while not self._run_is_over(run):
+                if not self._training_step(run):
+                    yield self._event(run, "warning", f"step {run.step}: non-finite loss, step skipped")
+                    continue
+                if run.step % cfg.val_every != 0:
+                    yield self._event(run, "step")
+                    continue
+                self._validate_and_keep_best(run)
+                yield self._event(run, "validation")
+                restarted = self._act_on_collapse(run)
+                if restarted:
+                    yield self._event(run, "warning", restarted)
+                    continue
+                if run.since_best >= cfg.early_stopping_patience:
+                    run.finished_reason = "early stopping: validation ELBO stopped improving"
+                    break
+            if run.step % cfg.val_every != 0 and run.step > 0:
+                self._validate_and_keep_best(run, schedule=False)  # the final weights count too
+        finally:
+            dropped_calibration = self._finish(run)
+        if dropped_calibration:
+            yield self._event(run, "warning", "the model's std calibration was fitted on the weights before this "
+                                              "run and was removed; calibrate it again against your reference")
+        yield self._event(run, "done", run.finished_reason)
+
+    # ------------------------------------------------------------------ the loop's named steps
+
+    def _begin(self) -> "_Run":
+        """Put the model on the training device and set up (or restore) the optimisation."""
         cfg = self.cfg
         _seed_everything(cfg.seed)
         if cfg.threads:
@@ -402,152 +442,175 @@ class Trainer:
             compute_losses = wrap(model, self.dist)
         else:
             compute_losses = model.losses
-        guard = CollapseGuard(cfg.collapse_kl, cfg.collapse_patience, cfg.collapse_restarts)
-        best_val = math.inf
-        start_notes = []
+        notes, best_val = [], math.inf
         if self.history:  # trained weights: they are the best so far until this run's validations beat them
             optimisers, scheduler, average, note = self._restore_training_state(groups)
-            start_notes.append(note)
+            notes.append(note)
             best_val = self._agreed_validation(average)["elbo"]
-            start_notes.append(f"the loaded weights' validation ELBO is {best_val:.4f}; they are kept unless "
-                               "this run does better")
+            notes.append(f"the loaded weights' validation ELBO is {best_val:.4f}; they are kept unless this run "
+                         "does better")
         else:
             optimisers, scheduler, average = self._optimisation(groups)
-        best_state = _snapshot(model, average)
         if cfg.cpu_bf16 and self.device.type == "cpu" and not cpu_has_bf16():
-            start_notes.append("cpu_bf16: this CPU has no bf16 instructions, so training stays in fp32")
-        since_best = 0
-        consecutive_bad = 0
-        skipped = 0
-        step = 0
+            notes.append("cpu_bf16: this CPU has no bf16 instructions, so training stays in fp32")
         start = time.perf_counter()
-        deadline = start + cfg.max_minutes * 60 if cfg.max_minutes else None
-        running: dict[str, float] = {}
-        last_val: dict[str, float] | None = None
-        finished_reason = "budget reached"
+        return _Run(model=model, groups=groups, compute_losses=compute_losses, optimisers=optimisers,
+                    scheduler=scheduler, average=average, best_val=best_val, best_state=_snapshot(model, average),
+                    guard=CollapseGuard(cfg.collapse_kl, cfg.collapse_patience, cfg.collapse_restarts),
+                    start=start, deadline=start + cfg.max_minutes * 60 if cfg.max_minutes else None,
+                    home=home, flushed_before=flushed_before, notes=notes)
 
-        def event(kind: str, message: str = "") -> TrainingEvent:
-            elapsed = time.perf_counter() - start
-            eta = None
-            if step > 0:
-                per_step = elapsed / step
-                candidates = []
-                if cfg.max_steps:
-                    candidates.append(max(cfg.max_steps - step, 0) * per_step)
-                if deadline:
-                    candidates.append(max(deadline - time.perf_counter(), 0.0))
-                eta = min(candidates) if candidates else None
-            return TrainingEvent(
-                kind=kind, step=step, total_steps=cfg.max_steps, epoch=step / self.steps_per_epoch,
-                elapsed=elapsed, eta=eta, train=dict(running), val=last_val,
-                lr=optimisers["elbo"].param_groups[0]["lr"],
-                best_val=None if math.isinf(best_val) else best_val, skipped_steps=skipped, message=message,
-            )
+    def _run_is_over(self, run: "_Run") -> bool:
+        """The step budget or the time is spent, or a stop was asked (all processes agree)."""
+        if self.cfg.max_steps is not None and run.step >= self.cfg.max_steps:
+            return True
+        out_of_time = run.deadline is not None and time.perf_counter() >= run.deadline
+        stop_asked = self._stop.is_set()
+        if self.dist is not None:  # one process out of time or stopped: all stop together
+            out_of_time, stop_asked = self.dist.any(out_of_time, stop_asked)
+        if stop_asked and not out_of_time:
+            run.finished_reason = "stopped on request"
+        return out_of_time or stop_asked
 
-        yield event("start", "; ".join(self.messages + start_notes + [
-            f"device {self.device}", f"crop {self.crop}", f"{self.steps_per_epoch} steps per epoch"]))
-        try:
-            while True:
-                if cfg.max_steps is not None and step >= cfg.max_steps:
-                    break
-                out_of_time = deadline is not None and time.perf_counter() >= deadline
-                stop_asked = self._stop.is_set()
-                if self.dist is not None:  # one process out of time or stopped: all stop together
-                    out_of_time, stop_asked = self.dist.any(out_of_time, stop_asked)
-                if out_of_time:
-                    break
-                if stop_asked:
-                    finished_reason = "stopped on request"
-                    break
-                batch = self._to_device(self.sampler.batch(cfg.batch_size))
-                with autocast(self.device, self.cfg.bf16, self.cfg.cpu_bf16):
-                    losses = compute_losses(batch)
-                total = sum(losses[k] for k in ("elbo", "signal", "direct") if k in losses)
-                for o in optimisers.values():
-                    o.zero_grad(set_to_none=True)
-                ok = bool(torch.isfinite(total))
-                if self.dist is not None:  # backward runs on every process or on none
-                    ok = not self.dist.any(not ok)[0]
-                if ok:
-                    total.backward()
-                    for k, params in groups.items():
-                        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                        ok = ok and bool(torch.isfinite(norm))
-                step += 1
-                if not ok:
-                    skipped += 1
-                    consecutive_bad += 1
-                    for o in optimisers.values():
-                        o.zero_grad(set_to_none=True)
-                    if consecutive_bad >= cfg.max_nonfinite:
-                        raise TrainingError(
-                            f"{consecutive_bad} steps in a row gave a non-finite loss. Try fewer mixture "
-                            "components, clipping outliers (clip_outliers=(0.1, 99.9)), or a lower learning "
-                            f"rate (now {cfg.learning_rate:g})."
-                        )
-                    yield event("warning", f"step {step}: non-finite loss, step skipped")
-                    continue
-                consecutive_bad = 0
-                for o in optimisers.values():
-                    o.step()
-                if average is not None:
-                    average.update()
-                for k, v in scalar_losses(losses).items():
-                    running[k] = v if k not in running else 0.9 * running[k] + 0.1 * v
-                if step % cfg.val_every == 0:
-                    last_val = self._agreed_validation(average)
-                    self._follow_schedule(scheduler, optimisers, last_val["elbo"],
-                                         cfg.learning_rate * cfg.direct_lr_floor)
-                    if last_val["elbo"] < best_val:
-                        best_val = last_val["elbo"]
-                        best_state = _snapshot(model, average)
-                        since_best = 0
-                    else:
-                        since_best += 1
-                    yield event("validation")
-                    verdict = guard.check(last_val["kl"])
-                    if verdict == "stop":
-                        finished_reason = "stopped: the latents collapsed"
-                        self.collapsed = True
-                        raise TrainingError(collapse_message(last_val["kl"], step, guard.restarts_done))
-                    if verdict == "restart":
-                        seed = (cfg.seed or 0) + 7 * guard.restarts_done
-                        self._reinitialise(seed)
-                        optimisers, scheduler, average = self._optimisation(groups)
-                        best_val, since_best = math.inf, 0
-                        best_state = _snapshot(model, average)
-                        yield event("warning", (
-                            f"The latents collapsed (KL {last_val['kl']:.5f} nats per pixel, under "
-                            f"{cfg.collapse_kl:g}, at step {step}): starting again from fresh weights with "
-                            f"seed {seed} (fresh start {guard.restarts_done} of {cfg.collapse_restarts})."))
-                        continue
-                    if since_best >= cfg.early_stopping_patience:
-                        finished_reason = "early stopping: validation ELBO stopped improving"
-                        break
-                else:
-                    yield event("step")
-            # A last validation, so the best weights also consider the final ones.
-            if step % cfg.val_every != 0 and step > 0:
-                last_val = self._agreed_validation(average)
-                if last_val["elbo"] < best_val:
-                    best_val = last_val["elbo"]
-                    best_state = _snapshot(model, average)
-        finally:
-            model.load_state_dict(best_state)
-            model.eval()
-            self.steps_done += step
-            self.history.append({
-                "steps": step, "seconds": round(time.perf_counter() - start, 2), "device": str(self.device),
-                "best_val_elbo": None if math.isinf(best_val) else best_val, "skipped_steps": skipped,
-                "crop": list(self.crop), "batch_size": cfg.batch_size, "reason": finished_reason,
-                "final_val": last_val,
-            })
-            model.history = self.history
-            model.training_state = self._training_state(optimisers, scheduler, average, best_val)
-            model.to(home, memory_format=torch.contiguous_format)  # back where and as the caller had it
-            torch.set_flush_denormal(flushed_before)
-            free_memory(self.device)
-        yield event("done", finished_reason)
+    def _training_step(self, run: "_Run") -> bool:
+        """One optimisation step of every network on its own loss; False when it was skipped because
+        a loss or a gradient was not finite (TrainingError after `max_nonfinite` in a row)."""
+        cfg = self.cfg
+        batch = self._to_device(self.sampler.batch(cfg.batch_size))
+        with autocast(self.device, cfg.bf16, cfg.cpu_bf16):
+            losses = run.compute_losses(batch)
+        total = sum(losses[k] for k in ("elbo", "signal", "direct") if k in losses)
+        for o in run.optimisers.values():
+            o.zero_grad(set_to_none=True)
+        ok = bool(torch.isfinite(total))
+        if self.dist is not None:  # backward runs on every process or on none
+            ok = not self.dist.any(not ok)[0]
+        if ok:
+            total.backward()
+            for params in run.groups.values():
+                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                ok = ok and bool(torch.isfinite(norm))
+        run.step += 1
+        if not ok:
+            run.skipped += 1
+            run.consecutive_bad += 1
+            for o in run.optimisers.values():
+                o.zero_grad(set_to_none=True)
+            if run.consecutive_bad >= cfg.max_nonfinite:
+                raise TrainingError(
+                    f"{run.consecutive_bad} steps in a row gave a non-finite loss. Try fewer mixture components, "
+                    "clipping outliers (clip_outliers=(0.1, 99.9)), or a lower learning rate (now "
+                    f"{cfg.learning_rate:g}).")
+            return False
+        run.consecutive_bad = 0
+        for o in run.optimisers.values():
+            o.step()
+        if run.average is not None:
+            run.average.update()
+        for k, v in scalar_losses(losses).items():
+            run.running[k] = v if k not in run.running else 0.9 * run.running[k] + 0.1 * v
+        return True
+
+    def _validate_and_keep_best(self, run: "_Run", schedule: bool = True) -> None:
+        """Validate; keep the weights when they are the best so far; let the schedule see the ELBO."""
+        run.last_val = self._agreed_validation(run.average)
+        if schedule:
+            self._follow_schedule(run.scheduler, run.optimisers, run.last_val["elbo"],
+                                  self.cfg.learning_rate * self.cfg.direct_lr_floor)
+        if run.last_val["elbo"] < run.best_val:
+            run.best_val = run.last_val["elbo"]
+            run.best_state = _snapshot(run.model, run.average)
+            run.since_best = 0
+        else:
+            run.since_best += 1
+
+    def _act_on_collapse(self, run: "_Run") -> str | None:
+        """Let the collapse guard judge the last validation's KL: a restart from fresh weights (its
+        message is returned), or TrainingError when the fresh starts are spent."""
+        cfg = self.cfg
+        verdict = run.guard.check(run.last_val["kl"])
+        if verdict == "stop":
+            run.finished_reason = "stopped: the latents collapsed"
+            self.collapsed = True
+            raise TrainingError(collapse_message(run.last_val["kl"], run.step, run.guard.restarts_done))
+        if verdict != "restart":
+            return None
+        seed = (cfg.seed or 0) + 7 * run.guard.restarts_done
+        self._reinitialise(seed)
+        run.optimisers, run.scheduler, run.average = self._optimisation(run.groups)
+        run.best_val, run.since_best = math.inf, 0
+        run.best_state = _snapshot(run.model, run.average)
+        return (f"The latents collapsed (KL {run.last_val['kl']:.5f} nats per pixel, under {cfg.collapse_kl:g}, "
+                f"at step {run.step}): starting again from fresh weights with seed {seed} (fresh start "
+                f"{run.guard.restarts_done} of {cfg.collapse_restarts}).")
+
+    def _finish(self, run: "_Run") -> bool:
+        """The best weights back in the model, the run in its history and training state, the model back
+        where the caller had it. True when an old std calibration was removed (the weights changed)."""
+        model = run.model
+        model.load_state_dict(run.best_state)
+        model.eval()
+        self.steps_done += run.step
+        self.history.append({
+            "steps": run.step, "seconds": round(time.perf_counter() - run.start, 2), "device": str(self.device),
+            "best_val_elbo": None if math.isinf(run.best_val) else run.best_val, "skipped_steps": run.skipped,
+            "crop": list(self.crop), "batch_size": self.cfg.batch_size, "reason": run.finished_reason,
+            "final_val": run.last_val,
+        })
+        model.history = self.history
+        model.training_state = self._training_state(run.optimisers, run.scheduler, run.average, run.best_val)
+        dropped = run.step > 0 and getattr(model, "calibration", None) is not None
+        if dropped:
+            model.calibration = None  # fitted on the weights before this run: it no longer holds
+        model.to(run.home, memory_format=torch.contiguous_format)  # back where and as the caller had it
+        torch.set_flush_denormal(run.flushed_before)
+        free_memory(self.device)
+        return dropped
+
+    def _event(self, run: "_Run", kind: str, message: str = "") -> TrainingEvent:
+        cfg = self.cfg
+        elapsed = time.perf_counter() - run.start
+        eta = None
+        if run.step > 0:
+            candidates = []
+            if cfg.max_steps:
+                candidates.append(max(cfg.max_steps - run.step, 0) * elapsed / run.step)
+            if run.deadline:
+                candidates.append(max(run.deadline - time.perf_counter(), 0.0))
+            eta = min(candidates) if candidates else None
+        return TrainingEvent(
+            kind=kind, step=run.step, total_steps=cfg.max_steps, epoch=run.step / self.steps_per_epoch,
+            elapsed=elapsed, eta=eta, train=dict(run.running), val=run.last_val,
+            lr=run.optimisers["elbo"].param_groups[0]["lr"],
+            best_val=None if math.isinf(run.best_val) else run.best_val, skipped_steps=run.skipped,
+            message=message)
+
+
+@dataclass
+class _Run:
+    """The state of one `fit` run that its named steps share."""
+
+    model: COSDD
+    groups: dict
+    compute_losses: object
+    optimisers: dict
+    scheduler: object
+    average: WeightAverage | None
+    best_val: float
+    best_state: dict
+    guard: CollapseGuard
+    start: float
+    deadline: float | None
+    home: torch.device
+    flushed_before: bool
+    notes: list[str]
+    step: int = 0
+    skipped: int = 0
+    consecutive_bad: int = 0
+    since_best: int = 0
+    running: dict[str, float] = field(default_factory=dict)
+    last_val: dict[str, float] | None = None
+    finished_reason: str = "budget reached"
 
 
 def train(images, axes: str, **kwargs) -> COSDD:

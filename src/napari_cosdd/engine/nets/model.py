@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .ar_decoder import ARDecoder
-from .config import ModelConfig
+from ..config import ModelConfig
 from .direct_denoiser import DirectDenoiser
 from .ladder_vae import LadderVAE
-from .progress import run_to_end
+from ..progress import run_to_end
 from .signal_decoder import SignalDecoder
 
 
@@ -28,6 +28,8 @@ class COSDD(nn.Module):
         self.direct_denoiser = DirectDenoiser(config) if config.direct_denoiser else None
         self.register_buffer("data_mean", torch.zeros(config.in_channels))
         self.register_buffer("data_std", torch.ones(config.in_channels))
+        # A Calibration (engine.calibration) of the posterior std, fitted by the user; training clears it.
+        self.calibration = None
 
     # ------------------------------------------------------------ parameter groups
 

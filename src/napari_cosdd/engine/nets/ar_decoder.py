@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ModelConfig
-from .progress import run_to_end
+from ..config import ModelConfig
+from ..progress import run_to_end
 
 _LOG_2PI = math.log(2 * math.pi)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .config import ModelConfig
-from .layers import Encoder, Merge, ResidualBlock, Upsample, conv
+from ..config import ModelConfig
+from .blocks import Encoder, Merge, ResidualBlock, Upsample, conv
 
 
 class DirectDenoiser(nn.Module):

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import ModelConfig
-from .layers import Encoder, Merge, ResidualBlock, Upsample, conv
+from ..config import ModelConfig
+from .blocks import Encoder, Merge, ResidualBlock, Upsample, conv
 
 _MIN_STD = 1e-4
 
