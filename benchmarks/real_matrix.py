@@ -203,11 +203,11 @@ def calibration_plot(ours_tag: str = "ours", path: str = CAL_PLOT) -> str | None
     import pyqtgraph.exporters
     from qtpy.QtWidgets import QApplication
 
-    app = QApplication.instance() or QApplication([])  # noqa: F841 - Qt needs it alive while drawing
+    app = QApplication.instance() or QApplication([])
     pg.setConfigOptions(background="w", foreground="k", antialias=True)
-    columns = 4
+    columns = min(4, len(results))
     grid = pg.GraphicsLayoutWidget()
-    grid.resize(300 * columns, 270 * ((len(results) + columns - 1) // columns))
+    grid.resize(320 * columns, 300 * ((len(results) + columns - 1) // columns))
     for i, ((image, noise), o) in enumerate(results):
         c = o["calibration"]
         before, after = c["bins_before"], c["bins_after"]
@@ -222,8 +222,13 @@ def calibration_plot(ours_tag: str = "ours", path: str = CAL_PLOT) -> str | None
                   symbolBrush="#4c9be8")
         plot.setXRange(0, top, padding=0)
         plot.setYRange(0, top, padding=0)
+    grid.show()  # laid out only once shown (offscreen), else the export is cut
+    for _ in range(5):
+        app.processEvents()
     exporter = pyqtgraph.exporters.ImageExporter(grid.scene())
+    exporter.parameters()["width"] = grid.width()
     exporter.export(path)
+    grid.close()
     return path
 
 
