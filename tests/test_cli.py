@@ -257,6 +257,30 @@ def test_denoise_never_overwrites_an_input(capsys, data_dir, cli_model, tmp_path
     assert victim.read_bytes() == before
 
 
+def test_a_folder_batch_skips_a_bad_file_resumes_and_says_whether_all_succeeded(capsys, data_dir, cli_model,
+                                                                                 tmp_path):
+    folder = tmp_path / "acquisitions"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", np.load(data_dir / "frame0.npy"))
+    np.save(folder / "b.npy", np.load(data_dir / "frame1.npy"))
+    (folder / "c.tif").write_bytes(b"not a tiff at all")
+    code, _, err = run(capsys, "denoise", cli_model, folder, "--out", folder)
+    assert code == 1, err
+    assert "[3/3] c.tif: skipped" in err and "1 of 3 could not be denoised: c.tif" in one_line_error(err)
+    assert (folder / "a_cosdd_direct.tif").exists() and (folder / "b_cosdd_direct.tif").exists()
+    first = (folder / "a_cosdd_direct.tif").stat().st_mtime_ns
+
+    (folder / "c.tif").unlink()
+    tifffile.imwrite(folder / "c.tif", np.load(data_dir / "frame1.npy"))
+    code, _, err = run(capsys, "denoise", cli_model, folder, "--out", folder)
+    assert code == 0, err
+    assert "left out 2 earlier output(s)" in err, "the first run's results are not read as inputs"
+    assert "[1/3] a.tif: outputs already there, skipped" in err and "1 file(s) denoised, 2 already done" in err
+    assert (folder / "a_cosdd_direct.tif").stat().st_mtime_ns == first and (folder / "c_cosdd_direct.tif").exists()
+    code, _, err = run(capsys, "denoise", cli_model, folder / "*.tif", "--out", folder, "--overwrite")
+    assert code == 0 and "2 file(s) denoised" in err
+
+
 def test_denoise_errors(capsys, data_dir, cli_model, tmp_path):
     code, _, err = run(capsys, "denoise", cli_model, data_dir / "twochannel.tif", "--out", tmp_path)
     assert code == 1 and "channel" in one_line_error(err)

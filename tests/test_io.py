@@ -61,8 +61,22 @@ def test_glob_patterns_expand_and_must_match(tmp_path):
     assert [p.name for p in expand_paths([str(tmp_path / "im*.npy")])] == ["im0.npy", "im1.npy", "im2.npy"]
     with pytest.raises(InputError, match="no file matches"):
         expand_paths([str(tmp_path / "none*.tif")])
-    with pytest.raises(InputError, match="folder"):
-        expand_paths([str(tmp_path)])
+    assert [p.name for p in expand_paths([str(tmp_path)])] == ["im0.npy", "im1.npy", "im2.npy"], "a folder's images"
+
+
+def test_folders_and_patterns_leave_out_earlier_outputs(tmp_path):
+    for name in ("a.tif", "b.npy", "a_cosdd_direct.tif", "notes.txt"):
+        (tmp_path / name).write_bytes(b"")
+    skipped = []
+    assert [p.name for p in expand_paths([str(tmp_path)], skipped)] == ["a.tif", "b.npy"]
+    assert [p.name for p in skipped] == ["a_cosdd_direct.tif"]
+    assert [p.name for p in expand_paths([str(tmp_path / "*.tif")])] == ["a.tif"]
+    assert [p.name for p in expand_paths([str(tmp_path / "a_cosdd_direct.tif")])] == ["a_cosdd_direct.tif"], \
+        "a file named outright is read"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no TIFF"):
+        expand_paths([str(empty)])
 
 
 def test_an_interrupted_write_leaves_no_partial_file(tmp_path, monkeypatch):

@@ -396,40 +396,73 @@ def cmd_calibrate(args, say) -> int:
 
 
 def cmd_denoise(args, say) -> int:
+    """Denoise each file in turn (read, denoise, write, then the next), so a batch of any length needs the
+    memory of one file. Files whose outputs are all there are skipped (a stopped batch resumes); a file
+    that cannot be read or denoised is reported and skipped; the status says whether all succeeded."""
+    from .engine.data import InputError
     from .engine.inference import denoise_iter
-    from .engine.io import write_tiff
+    from .engine.io import default_axes, expand_paths, read_image, write_tiff
     from .engine.model_file import load_model
 
+    if args.samples < 1:
+        raise UsageError("--samples must be at least 1")
     model = load_model(args.model)
-    files = _read_each(args.images, args.axes, model.config.spatial_dims, say)
+    earlier = []
+    paths = expand_paths(args.images, earlier)
+    if earlier:
+        say(f"left out {len(earlier)} earlier output(s) of napari-cosdd (*_cosdd_*) found with the inputs")
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out {out_dir} is a file; give a folder for the results")
     names = ["direct"] if args.method == "direct" else (
         ["mean"] + (["variance", "std"] if args.variance else []) + (["median"] if args.median else [])
         + (["samples"] if args.keep_samples else []))
-    planned = {f.path: {n: out_dir / f"{f.path.stem}_cosdd_{n}.tif" for n in names} for f in files}
-    _check_not_an_input([p for d in planned.values() for p in d.values()], [f.path for f in files])
+    planned = {p: {n: out_dir / f"{p.stem}_cosdd_{n}.tif" for n in names} for p in paths}
+    stems = [p.stem for p in paths]
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
+        raise UsageError(f"several inputs are named {clash[0]}.*: their outputs would overwrite each other; "
+                         "denoise them into separate --out folders")
+    _check_not_an_input([o for d in planned.values() for o in d.values()], paths)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for f in files:
-        bar = ProgressBar()
-        axes = f.axes
-        result = _drive(denoise_iter(model, f.data, axes, method=args.method, n_samples=args.samples,
-                                     variance=args.variance, median=args.median, keep_samples=args.keep_samples,
-                                     tile=args.tile, device=args.device, bf16=args.bf16, seed=args.seed),
-                        bar, f.path.name)
+    failed, done, skipped = [], 0, 0
+    for k, path in enumerate(paths, 1):
+        label = f"[{k}/{len(paths)}] {path.name}"
+        outputs = planned[path]
+        if not args.overwrite and all(o.exists() for o in outputs.values()):
+            say(f"{label}: outputs already there, skipped (--overwrite to redo)")
+            skipped += 1
+            continue
+        try:
+            f = read_image(path, args.axes)
+            if f.axes is None:
+                f.axes = default_axes(f.data.ndim, model.config.spatial_dims)
+                say(f"{label}: axes not given and not in the file: assuming {f.axes!r} (pass --axes to change it)")
+            result = _drive(denoise_iter(model, f.data, f.axes, method=args.method, n_samples=args.samples,
+                                         variance=args.variance, median=args.median,
+                                         keep_samples=args.keep_samples, tile=args.tile, device=args.device,
+                                         bf16=args.bf16, seed=args.seed), ProgressBar(), label)
+        except (InputError, ValueError, OSError) as err:  # this file's problem: say it, go on with the next
+            failed.append(path.name)
+            say(f"{label}: skipped, {err}")
+            continue
         if result.check is not None:
-            say(("" if result.check.ok else "WARNING: ") + f"{f.path.name}: {result.check.message}")
+            say(("" if result.check.ok else "WARNING: ") + f"{label}: {result.check.message}")
         if "std" in result.info:
-            say(f"{f.path.name}: " + std_note(result.info["std"]))
-        for name, path in planned[f.path].items():
+            say(f"{label}: " + std_note(result.info["std"]))
+        for name, out in outputs.items():
             data = getattr(result, name)
+            axes = f.axes
             if name == "samples":
                 # The samples axis goes first: as T for ImageJ when the image has none, else as a sequence.
-                write_tiff(path, data, ("T" if "T" not in axes and "S" not in axes else "S") + axes, like=f)
-            else:
-                write_tiff(path, data, axes, like=f)
-            say(f"wrote {path}")
+                axes = ("T" if "T" not in f.axes and "S" not in f.axes else "S") + f.axes
+            write_tiff(out, data, axes, like=f)
+            say(f"wrote {out}")
+        done += 1
+    summary = f"{done} file(s) denoised" + (f", {skipped} already done" if skipped else "")
+    if failed:
+        raise InputError(f"{summary}; {len(failed)} of {len(paths)} could not be denoised: " + ", ".join(failed))
+    say(summary)
     return 0
 
 
@@ -577,11 +610,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_flags(t)
 
     d = sub.add_parser("denoise", help="denoise images with a trained model",
-                       description="Denoise images; writes <name>_cosdd_<output>.tif files (float32, the "
-                                   "input's axes and calibration) into --out, never over an input.")
+                       description="Denoise images one file at a time; writes <name>_cosdd_<output>.tif files "
+                                   "(float32, the input's axes and calibration) into --out, never over an "
+                                   "input. Files whose outputs exist are skipped; a file that fails is reported "
+                                   "and skipped, and the exit status is 1 if any failed.")
     d.add_argument("model", metavar="MODEL")
-    d.add_argument("images", nargs="+", metavar="IMAGE")
+    d.add_argument("images", nargs="+", metavar="IMAGE",
+                   help="TIFF or .npy files, glob patterns or folders (earlier *_cosdd_* outputs are left out)")
     d.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
+    d.add_argument("--overwrite", action="store_true",
+                   help="denoise files whose outputs are already there (default: skip them, so a stopped "
+                        "batch resumes)")
     d.add_argument("--axes", help="axes of the images (default: from the file, else assumed)")
     d.add_argument("--method", choices=["direct", "sample"], default="direct",
                    help="direct: one pass of the Direct Denoiser; sample: the mean of posterior samples")

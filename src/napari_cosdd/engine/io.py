@@ -32,21 +32,40 @@ class ImageFile:
     resolution: tuple[float, float] | None = None
 
 
-def expand_paths(patterns: list[str]) -> list[Path]:
-    """Expand glob patterns (also on shells that do not); each pattern must match something."""
+OUTPUT_MARK = "_cosdd_"  # in the names of the files napari-cosdd writes
+
+
+def expand_paths(patterns: list[str], skipped: list[Path] | None = None) -> list[Path]:
+    """Files from paths, glob patterns (also on shells that do not expand them) and folders (their TIFF
+    and .npy files, not recursive). Each pattern must match something. Patterns and folders leave out
+    files that napari-cosdd wrote (``*_cosdd_*``), so results beside their inputs are not read as
+    inputs by the next run; they are added to `skipped` when given. A file named outright is kept."""
     paths: list[Path] = []
+
+    def gather(candidates: list[Path], what: str) -> None:
+        found = [p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        ours = [p for p in found if OUTPUT_MARK in p.stem]
+        if skipped is not None:
+            skipped.extend(ours)
+        if not found:
+            raise InputError(f"{what}: no TIFF (.tif) or NumPy (.npy) image there")
+        if len(ours) == len(found):
+            raise InputError(f"{what}: only napari-cosdd's own outputs (*{OUTPUT_MARK}*) there")
+        paths.extend(p for p in found if OUTPUT_MARK not in p.stem)
+
     for pattern in patterns:
         if any(ch in pattern for ch in "*?["):
-            matches = sorted(glob.glob(os.path.expanduser(pattern)))
+            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(pattern)))
             if not matches:
                 raise InputError(f"no file matches {pattern!r}")
-            paths.extend(Path(m) for m in matches)
+            gather(matches, pattern)
+            continue
+        path = Path(os.path.expanduser(pattern))
+        if not path.exists():
+            raise InputError(f"{pattern}: no such file or folder")
+        if path.is_dir():
+            gather(sorted(path.iterdir()), f"folder {pattern}")
         else:
-            path = Path(os.path.expanduser(pattern))
-            if not path.exists():
-                raise InputError(f"{pattern}: no such file")
-            if path.is_dir():
-                raise InputError(f"{pattern} is a folder; give image files (or a pattern such as {pattern}/*.tif)")
             paths.append(path)
     return paths
 
