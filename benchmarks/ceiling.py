@@ -47,7 +47,7 @@ def main() -> None:
     mean, std = float(noisy.mean()), float(noisy.std())
     cfg = C.model_config_from_preset(args.preset, crop_size=args.crop, orientation="x",
                          **json.loads(args.override))
-    net = DirectDenoiser(cfg)
+    net = DirectDenoiser(**DirectDenoiser.arguments(cfg))
     opt = torch.optim.Adamax(net.parameters(), lr=args.lr)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=10)
     # Images 0..eval-1 are scored, as in quality.py; train on all, as COSDD does (it sees the noisy

@@ -246,6 +246,20 @@ def test_calibrate_mistakes_are_said_with_their_status(capsys, cli_model, tmp_pa
     assert code == 1 and "same field of view" in err and not (tmp_path / "m.cosdd").exists()
 
 
+def test_export_writes_a_bioimageio_zip_and_refuses_other_names(capsys, data_dir, cli_model, tmp_path):
+    import json
+    import zipfile
+
+    code, _, err = run(capsys, "export", cli_model, tmp_path / "m.zip", "--image", data_dir / "stack.tif",
+                       "--name", "my denoiser", "--author", "A. Tester")
+    assert code == 0 and "bioimage.io" in err, err
+    with zipfile.ZipFile(tmp_path / "m.zip") as zf:
+        rdf = json.loads(zf.read("rdf.yaml"))
+    assert rdf["name"] == "my denoiser" and rdf["authors"] == [{"name": "A. Tester"}]
+    code, _, err = run(capsys, "export", cli_model, tmp_path / "m.tif", "--image", data_dir / "stack.tif")
+    assert code == 2 and ".zip" in one_line_error(err)
+
+
 def test_denoise_never_overwrites_an_input(capsys, data_dir, cli_model, tmp_path):
     victim = tmp_path / "a_cosdd_direct.tif"
     source = tmp_path / "a.tif"
@@ -331,7 +345,7 @@ def test_demo_headless_trains_and_writes_results(capsys, tmp_path):
     assert load_model(tmp_path / "stripes.cosdd").config.orientation == "x"
 
 
-@pytest.mark.parametrize("command", ["train", "denoise", "calibrate", "autocorr", "check-noise", "demo"])
+@pytest.mark.parametrize("command", ["train", "denoise", "calibrate", "export", "autocorr", "check-noise", "demo"])
 def test_help_everywhere(capsys, command):
     with pytest.raises(SystemExit) as stop:
         main([command, "--help"])

@@ -117,6 +117,14 @@ def test_calibrating_the_std_against_the_ground_truth_layer_then_marking_uncerta
     assert denoise.save_model_to(tmp_path / "calibrated.cosdd")
     assert load_model(tmp_path / "calibrated.cosdd").calibration.scales == model.calibration.scales
 
+    assert denoise.export_to(tmp_path / "stripes.zip")
+    wait_idle(qtbot, denoise)
+    assert "bioimage.io" in denoise.status.text(), denoise.status.text()
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "stripes.zip") as zf:
+        assert "weights_torchscript.pt" in zf.namelist()
+
 
 def test_the_advanced_form_is_made_from_the_settings_and_shows_the_presets_size(qtbot):
     """Every engine setting has a magicgui editor whose tooltip is its description; untouched editors give

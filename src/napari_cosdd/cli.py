@@ -395,6 +395,23 @@ def cmd_calibrate(args, say) -> int:
     return 0
 
 
+def cmd_export(args, say) -> int:
+    from .engine.export import export_bioimageio
+    from .engine.model_file import load_model
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".zip":
+        raise UsageError(f"{out}: a bioimage.io model is a .zip file; give OUT ending in .zip")
+    model = load_model(args.model)
+    image = _read_each([args.image], args.axes, model.config.spatial_dims, say)[0]
+    _check_not_an_input([out], [Path(args.model), image.path])
+    path = export_bioimageio(model, out, image.data, image.axes, name=args.name, authors=args.author,
+                             license=args.license)
+    say(f"wrote {path}: the Direct Denoiser as a bioimage.io model (TorchScript and PyTorch weights, "
+        "normalisation as pre- and postprocessing, test images from " + image.path.name + ")")
+    return 0
+
+
 def cmd_denoise(args, say) -> int:
     """Denoise each file in turn (read, denoise, write, then the next), so a batch of any length needs the
     memory of one file. Files whose outputs are all there are skipped (a stopped batch resumes); a file
@@ -652,6 +669,21 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--device", default="auto")
     k.add_argument("--seed", type=int, default=0)
 
+    e = sub.add_parser("export", help="export the Direct Denoiser as a bioimage.io model (zip)",
+                       description="Write the model's Direct Denoiser as a bioimage.io model zip that Fiji "
+                                   "(deepImageJ), ilastik, CAREamics and the BioImage Model Zoo can run: "
+                                   "TorchScript and PyTorch state-dict weights, the normalisation as pre- and "
+                                   "postprocessing, test input and output from --image. Sampling and the "
+                                   "posterior variance stay in the .cosdd file.")
+    e.add_argument("model", metavar="MODEL")
+    e.add_argument("out", metavar="OUT.zip")
+    e.add_argument("--image", required=True, metavar="IMAGE",
+                   help="an image of the data the model is for: its test input and output come from it")
+    e.add_argument("--axes", help="axes of the image (default: from the file, else assumed)")
+    e.add_argument("--name", help="the model's name (default: COSDD Direct Denoiser)")
+    e.add_argument("--author", action="append", help="an author's name (repeat for several)")
+    e.add_argument("--license", default="CC-BY-4.0", help="SPDX licence of the weights (default CC-BY-4.0)")
+
     a = sub.add_parser("autocorr", help="noise autocorrelation and the suggested orientation",
                        description="Print the noise autocorrelation's suggested orientation, its evidence and "
                                    "the row and column profiles.")
@@ -684,12 +716,13 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--preset", default=None)
     m.add_argument("--device", default="auto")
     m.add_argument("--out", default="cosdd_demo", help="folder for --headless results")
-    p.commands = {"train": t, "denoise": d, "calibrate": k, "autocorr": a, "check-noise": c, "demo": m}
+    p.commands = {"train": t, "denoise": d, "calibrate": k, "export": e, "autocorr": a, "check-noise": c,
+                  "demo": m}
     return p
 
 
-COMMANDS = {"train": cmd_train, "denoise": cmd_denoise, "calibrate": cmd_calibrate, "autocorr": cmd_autocorr,
-            "check-noise": cmd_check_noise, "demo": cmd_demo}
+COMMANDS = {"train": cmd_train, "denoise": cmd_denoise, "calibrate": cmd_calibrate, "export": cmd_export,
+            "autocorr": cmd_autocorr, "check-noise": cmd_check_noise, "demo": cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

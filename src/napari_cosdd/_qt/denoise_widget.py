@@ -127,6 +127,11 @@ class DenoiseWidget(QWidget):
         self.save_model_button = QPushButton("Save model...")
         self.save_model_button.setToolTip("Write the chosen model, with its calibration, to a model file.")
         self.save_model_button.clicked.connect(self._save_dialog)
+        self.export_button = QPushButton("Export to bioimage.io...")
+        self.export_button.setToolTip("Write the chosen model's Direct Denoiser as a bioimage.io model (zip) for "
+                                      "Fiji/deepImageJ, ilastik or CAREamics; the image above gives its test "
+                                      "input and output.")
+        self.export_button.clicked.connect(self._export_dialog)
         self.calibration_plot = CalibrationPlot()
         self.calibration_plot.setVisible(False)
         self.calibration_state = QLabel("")
@@ -177,6 +182,7 @@ class DenoiseWidget(QWidget):
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
         layout.addWidget(self.calibration_section)
+        layout.addWidget(self.export_button)
         layout.addWidget(self.noise_button)
         layout.addWidget(self.noise_profiles)
         layout.addWidget(self.noise_summary)
@@ -404,6 +410,7 @@ class DenoiseWidget(QWidget):
         self.load_button.setEnabled(not running)
         self.calibrate_button.setEnabled(not running)
         self.save_model_button.setEnabled(not running)
+        self.export_button.setEnabled(not running)
 
     # ------------------------------------------------------------------ uncertainty calibration
 
@@ -482,6 +489,32 @@ class DenoiseWidget(QWidget):
         path, _ = QFileDialog.getSaveFileName(self, "Save COSDD model", "", MODEL_FILTER)
         if path:
             self.save_model_to(path)
+
+    def _export_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export to bioimage.io", "", "bioimage.io model (*.zip)")
+        if path:
+            self.export_to(path if path.lower().endswith(".zip") else path + ".zip")
+
+    def export_to(self, path) -> bool:
+        """Export the chosen model's Direct Denoiser in a worker, with test data from the chosen image;
+        True when the export started (the status line says how it ended)."""
+        from ..engine.export import export_bioimageio_iter
+
+        prepared = self._prepare()
+        if prepared is None:
+            return False
+        model, layer, data, axes = prepared
+        try:
+            gen = export_bioimageio_iter(model, path, data, axes, name=f"COSDD Direct Denoiser ({layer.name})")
+        except Exception as exc:  # noqa: BLE001
+            report(self.status, describe_error(exc), "error")
+            return False
+        source = layer.name
+        self._start_worker(gen, lambda written: written is not None and report(
+            self.status, f"Exported the Direct Denoiser to {Path(written).name} (bioimage.io model; test images "
+                         f"from '{source}')."))
+        report(self.status, f"Exporting the Direct Denoiser to {Path(path).name}...")
+        return True
 
     def save_model_to(self, path) -> bool:
         """Write the chosen model (with its calibration) to `path`; a message either way."""

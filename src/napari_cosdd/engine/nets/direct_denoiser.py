@@ -1,11 +1,14 @@
-"""The Direct Denoiser: a U-Net that predicts the posterior mean (or median) in one pass."""
+"""The Direct Denoiser: a U-Net that predicts the posterior mean (or median) in one pass.
+
+It takes plain arguments (not a ModelConfig) and needs only torch and `blocks`, so that the
+bioimage.io export can ship this file and blocks.py as the torch-only architecture of its weights.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from ..config import ModelConfig
 from .blocks import Encoder, Merge, ResidualBlock, Upsample, conv
 
 
@@ -17,16 +20,24 @@ class DirectDenoiser(nn.Module):
     stopped): MSE makes it the posterior mean, L1 the pixel-wise posterior median.
     """
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, features: int, downsampling, merge: str) -> None:
         super().__init__()
-        d, f = config.spatial_dims, config.features
-        self.encoder = Encoder(d, config.in_channels, f, config.downsampling)
-        below_top = config.downsampling[:-1]
-        self.merge = nn.ModuleList(Merge(d, f, config.merge) for _ in below_top)
-        self.skip = nn.ModuleList(Merge(d, f, config.merge) for _ in below_top)
-        self.up = nn.ModuleList(Upsample(d, f) if flag else nn.Identity() for flag in config.downsampling)
-        self.blocks = nn.ModuleList(ResidualBlock(d, f) for _ in config.downsampling)
-        self.head = conv(d, f, config.in_channels, kernel=1)
+        d, f = spatial_dims, features
+        downsampling = [int(v) for v in downsampling]
+        self.encoder = Encoder(d, in_channels, f, downsampling)
+        below_top = downsampling[:-1]
+        self.merge = nn.ModuleList(Merge(d, f, merge) for _ in below_top)
+        self.skip = nn.ModuleList(Merge(d, f, merge) for _ in below_top)
+        self.up = nn.ModuleList(Upsample(d, f) if flag else nn.Identity() for flag in downsampling)
+        self.blocks = nn.ModuleList(ResidualBlock(d, f) for _ in downsampling)
+        self.head = conv(d, f, in_channels, kernel=1)
+
+    @staticmethod
+    def arguments(config) -> dict:
+        """The constructor's arguments for a ModelConfig (plain values: they also go into an export)."""
+        return {"spatial_dims": config.spatial_dims, "in_channels": config.in_channels,
+                "features": config.features, "downsampling": [int(v) for v in config.downsampling],
+                "merge": config.merge}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values = self.encoder(x)

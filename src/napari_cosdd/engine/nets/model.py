@@ -25,7 +25,7 @@ class COSDD(nn.Module):
         self.vae = LadderVAE(config)
         self.ar_decoder = ARDecoder(config)
         self.signal_decoder = SignalDecoder(config)
-        self.direct_denoiser = DirectDenoiser(config) if config.direct_denoiser else None
+        self.direct_denoiser = DirectDenoiser(**DirectDenoiser.arguments(config)) if config.direct_denoiser else None
         self.register_buffer("data_mean", torch.zeros(config.in_channels))
         self.register_buffer("data_std", torch.ones(config.in_channels))
         # A Calibration (engine.calibration) of the posterior std, fitted by the user; training clears it.
