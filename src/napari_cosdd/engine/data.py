@@ -57,9 +57,14 @@ class Layout:
 
     def to_engine(self, array: np.ndarray) -> np.ndarray:
         """(N, C, *spatial) float32 view/copy of an input array."""
+        return np.ascontiguousarray(self.engine_view(array), dtype=np.float32)
+
+    def engine_view(self, array: np.ndarray) -> np.ndarray:
+        """(N, C, *spatial) in the array's own dtype: a view where the axes allow it, so that work done
+        frame by frame converts one frame at a time instead of copying the whole input to float32."""
         arr = np.transpose(array, self.order)
         n = int(np.prod(self.sample_shape)) if self.sample_axes else 1
-        return np.ascontiguousarray(arr.reshape((n, self.n_channels) + self.spatial_shape), dtype=np.float32)
+        return arr.reshape((n, self.n_channels) + self.spatial_shape)
 
     def from_engine(self, result: np.ndarray, leading: tuple[int, ...] = ()) -> np.ndarray:
         """Inverse of to_engine for a result shaped (*leading, N, C, *spatial): back to the input's axes,

@@ -211,7 +211,8 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
         raise D.InputError("this model has no Direct Denoiser; use method 'sample'")
     if method == "sample" and n_samples < 1:
         raise ValueError("n_samples must be at least 1")
-    layout, stack = _model_input(model, image, axes)  # stack: (N, C, *spatial)
+    layout = check_model_input(model, image, axes)
+    stack = layout.engine_view(np.asarray(image))  # (N, C, *spatial), converted to float32 frame by frame
     dev = resolve_device(device)
     generator = _generator(dev, seed)
     model = borrow(model, dev)
@@ -249,8 +250,8 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
 
     yield InferenceEvent(0, total, f"{len(stack)} image(s), {len(tiles)} tile(s) of {tile_shape}")
     try:
-        for i, img in enumerate(stack):
-            norm = (img - mean_) / std_
+        for i in range(len(stack)):
+            norm = (np.asarray(stack[i], dtype=np.float32) - mean_) / std_
             for slices, w in tiles:
                 region = norm[(slice(None),) + slices]
                 if method == "direct":
