@@ -139,15 +139,7 @@ def calibrate(std, mean, truth, channel_axis: int | None = None, fitted_on: str 
                                                                            axis=channel_axis))
         channels = [(np.take(std, c, axis=channel_axis), np.take(mean, c, axis=channel_axis),
                      np.take(truth, c, axis=channel_axis), mask_c(c)) for c in range(std.shape[channel_axis])]
-    scales, before, after, pixels = [], [], [], 0
-    for s, m, t, k in channels:
-        scale = fit_scale(s, m, t, k)
-        rel = reliability(s, m, t, bins, k)
-        scales.append(scale)
-        before.append(rel.ence)
-        after.append(rel.scaled(scale).ence)
-        pixels += int(rel.counts.sum())
-    return Calibration(scales, fitted_on=fitted_on, pixels=pixels, ence_before=before, ence_after=after)
+    return _report(*zip(*channels), fitted_on=fitted_on, matched=[], bins=bins, min_pixels=0).calibration
 
 
 # ---------------------------------------------------------------------------- a user's calibration
@@ -184,11 +176,14 @@ def _channels(array: np.ndarray) -> list[np.ndarray]:
     return [array[:, c] for c in range(array.shape[1])]
 
 
-def _report(stds, means, truths, masks, fitted_on: str, matched, bins: int) -> CalibrationReport:
+def _report(stds, means, truths, masks, fitted_on: str, matched, bins: int,
+            min_pixels: int = MIN_PIXELS) -> CalibrationReport:
+    """Per channel: the scale, RMV against RMSE before and after it, and the coverage (masks may be None)."""
     scales, before, after, cov_b, cov_a, pixels = [], [], [], [], [], 0
     for s, m, t, k in zip(stds, means, truths, masks):
-        if int(np.count_nonzero(k)) < MIN_PIXELS:
-            raise ValueError(f"only {int(np.count_nonzero(k))} pixels to calibrate on; mark at least {MIN_PIXELS}")
+        marked = int(np.size(s) if k is None else np.count_nonzero(k))
+        if marked < min_pixels:
+            raise ValueError(f"only {marked} pixels to calibrate on; mark at least {min_pixels}")
         scale = fit_scale(s, m, t, k)
         rel = reliability(s, m, t, bins, k)
         scales.append(scale)
@@ -196,7 +191,7 @@ def _report(stds, means, truths, masks, fitted_on: str, matched, bins: int) -> C
         after.append(rel.scaled(scale))
         cov_b.append(coverage(s, m, t, 1.0, k))
         cov_a.append(coverage(s, m, t, scale, k))
-        pixels += int(np.count_nonzero(k))
+        pixels += int(rel.counts.sum())  # the finite pixels used
     cal = Calibration(scales, fitted_on=fitted_on, pixels=pixels, ence_before=[r.ence for r in before],
                       ence_after=[r.ence for r in after])
     return CalibrationReport(cal, before, after, cov_b, cov_a, matched)
