@@ -209,6 +209,39 @@ def test_denoise_sample_writes_every_requested_output(capsys, data_dir, cli_mode
                                tifffile.imread(tmp_path / "frame0_cosdd_variance.tif"), rtol=1e-4, atol=1e-8)
 
 
+def test_denoise_to_ome_zarr_and_back(capsys, data_dir, cli_model, tmp_path, monkeypatch):
+    """A big TIFF (here: any file, the size limit lowered) is read lazily and denoised into OME-Zarr,
+    which the command line reads back as an input, axes and pixel size included."""
+    import zarr
+
+    from napari_cosdd.engine import io
+
+    monkeypatch.setattr(io, "LAZY_BYTES", 0)  # every file counts as large: memory-mapped, never read whole
+    code, _, err = run(capsys, "denoise", cli_model, data_dir / "stack.tif", "--out", tmp_path / "z",
+                       "--format", "ome-zarr", "--method", "sample", "--samples", 2, "--variance",
+                       "--keep-samples", "--tile", 32)
+    assert code == 0, err
+    for name in ("mean", "variance", "std", "samples"):
+        assert (tmp_path / "z" / f"stack_cosdd_{name}.ome.zarr").is_dir(), name
+    mean = zarr.open_array(str(tmp_path / "z" / "stack_cosdd_mean.ome.zarr" / "0"), mode="r")
+    assert mean.shape == (3, 64, 64)
+    f = io.read_image(tmp_path / "z" / "stack_cosdd_mean.ome.zarr")
+    assert f.axes == "TYX" and f.resolution == pytest.approx((4.0, 4.0))
+    samples = zarr.open_array(str(tmp_path / "z" / "stack_cosdd_samples.ome.zarr" / "0"), mode="r")
+    np.testing.assert_allclose(samples[:].mean(0), mean[:], atol=1e-4)
+    # the OME-Zarr output is an input like any other (and its folder is not scanned as a folder of files)
+    code, _, err = run(capsys, "denoise", cli_model, tmp_path / "z" / "stack_cosdd_mean.ome.zarr",
+                       "--out", tmp_path / "again")
+    assert code == 0, err
+    with tifffile.TiffFile(tmp_path / "again" / "stack_cosdd_mean_cosdd_direct.tif") as tif:
+        assert tif.series[0].axes == "TYX" and tif.series[0].shape == (3, 64, 64)
+    # a second run finds the outputs complete and skips the file
+    code, _, err = run(capsys, "denoise", cli_model, data_dir / "stack.tif", "--out", tmp_path / "z",
+                       "--format", "ome-zarr", "--method", "sample", "--samples", 2, "--variance",
+                       "--keep-samples")
+    assert code == 0 and "already there, skipped" in err
+
+
 def test_calibrate_writes_a_model_whose_std_is_calibrated(capsys, cli_model, tmp_path):
     noisy, clean = make_dataset("stripes", n_images=2, shape=(64, 64), seed=2)
     tifffile.imwrite(tmp_path / "noisy.tif", noisy, imagej=True, metadata={"axes": "TYX"})

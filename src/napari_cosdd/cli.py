@@ -413,13 +413,16 @@ def cmd_export(args, say) -> int:
 
 
 def cmd_denoise(args, say) -> int:
-    """Denoise each file in turn (read, denoise, write, then the next), so a batch of any length needs the
-    memory of one file. Files whose outputs are all there are skipped (a stopped batch resumes); a file
-    that cannot be read or denoised is reported and skipped; the status says whether all succeeded."""
+    """Denoise each file in turn, frame by frame: frames are read as they are needed (large files are
+    memory-mapped or read page by page) and each finished frame is written into the output files, so the
+    memory needed is that of a frame, whatever the length of the batch or of a time-lapse. Files whose
+    outputs are all there are skipped (a stopped batch resumes); a file that cannot be read or denoised is
+    reported and skipped; the status says whether all succeeded."""
     from .engine.data import InputError
     from .engine.inference import denoise_iter
-    from .engine.io import default_axes, expand_paths, read_image, write_tiff
+    from .engine.io import default_axes, expand_paths, image_stem, read_image
     from .engine.model_file import load_model
+    from .engine.stores import store_for
 
     if args.samples < 1:
         raise UsageError("--samples must be at least 1")
@@ -434,8 +437,9 @@ def cmd_denoise(args, say) -> int:
     names = ["direct"] if args.method == "direct" else (
         ["mean"] + (["variance", "std"] if args.variance else []) + (["median"] if args.median else [])
         + (["samples"] if args.keep_samples else []))
-    planned = {p: {n: out_dir / f"{p.stem}_cosdd_{n}.tif" for n in names} for p in paths}
-    stems = [p.stem for p in paths]
+    fmt = args.format
+    planned = {p: {n: store_for(fmt, out_dir, image_stem(p)).path_for(n) for n in names} for p in paths}
+    stems = [image_stem(p) for p in paths]
     clash = sorted({s for s in stems if stems.count(s) > 1})
     if clash:
         raise UsageError(f"several inputs are named {clash[0]}.*: their outputs would overwrite each other; "
@@ -455,10 +459,11 @@ def cmd_denoise(args, say) -> int:
             if f.axes is None:
                 f.axes = default_axes(f.data.ndim, model.config.spatial_dims)
                 say(f"{label}: axes not given and not in the file: assuming {f.axes!r} (pass --axes to change it)")
+            store = store_for(fmt, out_dir, image_stem(path), like=f)
             result = _drive(denoise_iter(model, f.data, f.axes, method=args.method, n_samples=args.samples,
                                          variance=args.variance, median=args.median,
                                          keep_samples=args.keep_samples, tile=args.tile, device=args.device,
-                                         bf16=args.bf16, seed=args.seed), ProgressBar(), label)
+                                         bf16=args.bf16, seed=args.seed, out=store), ProgressBar(), label)
         except (InputError, ValueError, OSError) as err:  # this file's problem: say it, go on with the next
             failed.append(path.name)
             say(f"{label}: skipped, {err}")
@@ -467,13 +472,7 @@ def cmd_denoise(args, say) -> int:
             say(("" if result.check.ok else "WARNING: ") + f"{label}: {result.check.message}")
         if "std" in result.info:
             say(f"{label}: " + std_note(result.info["std"]))
-        for name, out in outputs.items():
-            data = getattr(result, name)
-            axes = f.axes
-            if name == "samples":
-                # The samples axis goes first: as T for ImageJ when the image has none, else as a sequence.
-                axes = ("T" if "T" not in f.axes and "S" not in f.axes else "S") + f.axes
-            write_tiff(out, data, axes, like=f)
+        for out in outputs.values():
             say(f"wrote {out}")
         done += 1
     summary = f"{done} file(s) denoised" + (f", {skipped} already done" if skipped else "")
@@ -627,14 +626,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_engine_flags(t)
 
     d = sub.add_parser("denoise", help="denoise images with a trained model",
-                       description="Denoise images one file at a time; writes <name>_cosdd_<output>.tif files "
-                                   "(float32, the input's axes and calibration) into --out, never over an "
-                                   "input. Files whose outputs exist are skipped; a file that fails is reported "
-                                   "and skipped, and the exit status is 1 if any failed.")
+                       description="Denoise images one file at a time and frame by frame; writes "
+                                   "<name>_cosdd_<output>.tif (or .ome.zarr) files (float32, the input's axes "
+                                   "and calibration) into --out, never over an input. Files larger than 1 GiB "
+                                   "and OME-Zarr inputs are read as needed, never whole, and every output is "
+                                   "written as its frames finish. Files whose outputs exist are skipped; a file "
+                                   "that fails is reported and skipped, and the exit status is 1 if any failed.")
     d.add_argument("model", metavar="MODEL")
     d.add_argument("images", nargs="+", metavar="IMAGE",
-                   help="TIFF or .npy files, glob patterns or folders (earlier *_cosdd_* outputs are left out)")
+                   help="TIFF, .npy or OME-Zarr files, glob patterns or folders (earlier *_cosdd_* outputs are "
+                        "left out)")
     d.add_argument("--out", required=True, metavar="DIR", help="folder for the results")
+    d.add_argument("--format", choices=["tiff", "ome-zarr"], default="tiff",
+                   help="tiff (default): ImageJ TIFF, BigTIFF over 4 GB; ome-zarr: NGFF 0.4 images, also for "
+                        "posterior samples of large inputs (TIFF holds the kept samples in memory)")
     d.add_argument("--overwrite", action="store_true",
                    help="denoise files whose outputs are already there (default: skip them, so a stopped "
                         "batch resumes)")

@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .data import InputError, check_values, guess_axes, make_layout
+from .data import InputError, check_dtype, check_values, guess_axes, in_memory, make_layout
+
+#: An input read lazily (larger than memory) is estimated on at most this many of its frames.
+MAX_LAZY_FRAMES = 32
 
 #: Lags whose mean |correlation| is the evidence for an axis.
 EVIDENCE_LAGS = (1, 2, 3, 4, 5)
@@ -250,28 +253,42 @@ def noise_autocorrelation(
     Frames are handled one by one and their lag sums pooled, which averages the frames' estimates
     weighted by their pixel counts.
     """
-    arr = np.asarray(image)
-    check_values(arr)
+    # A memory-mapped, zarr or dask input is not read whole: an evenly spread sample of its frames is.
+    lazy = hasattr(image, "shape") and hasattr(image, "dtype") and not in_memory(image)
+    arr = image if lazy else np.asarray(image)
+    (check_dtype if lazy else check_values)(arr)
     if axes is None:
         spatial_dims = spatial_dims or 2
         axes = guess_axes(arr.ndim, spatial_dims)
     if spatial_dims is None:
         spatial_dims = 3 if "Z" in axes.upper() else 2
     layout = make_layout(arr, axes, spatial_dims)
-    frames = layout.to_engine(arr).reshape((-1,) + layout.spatial_shape).astype(np.float64)
+    notes: list[str] = []
+    picks = np.arange(layout.n_frames)
+    if lazy and layout.n_frames > MAX_LAZY_FRAMES:
+        picks = np.unique(np.linspace(0, layout.n_frames - 1, MAX_LAZY_FRAMES).round().astype(int))
+        notes.append(f"estimated on {len(picks)} of the {layout.n_frames} frames, evenly spread")
+
+    def frames_of(a) -> np.ndarray:
+        if not lazy:
+            return layout.to_engine(a).reshape((-1,) + layout.spatial_shape).astype(np.float64)
+        return np.stack([layout.read_frame(a, int(i)) for i in picks]).reshape(
+            (-1,) + layout.spatial_shape).astype(np.float64)
+
+    frames = frames_of(arr)
     source = "low-signal tiles"
     if denoised is not None:
-        den = np.asarray(denoised)
-        if den.shape != arr.shape:
-            raise InputError(f"the denoised image has shape {den.shape} but the noisy one has {arr.shape}; "
-                             "pass the denoised output of this same image")
-        check_values(den, "the denoised image")
-        frames = frames - layout.to_engine(den).reshape(frames.shape)
+        den = denoised if lazy else np.asarray(denoised)
+        if tuple(den.shape) != tuple(arr.shape):
+            raise InputError(f"the denoised image has shape {tuple(den.shape)} but the noisy one has "
+                             f"{tuple(arr.shape)}; pass the denoised output of this same image")
+        if not lazy:
+            check_values(den, "the denoised image")
+        frames = frames - frames_of(den)
         source = "residual"
     if max_lag < 1:
         raise InputError(f"max_lag must be at least 1, got {max_lag}")
 
-    notes: list[str] = []
     spatial = layout.spatial_shape
     if region is not None:
         mask = _region_mask(region, spatial)

@@ -201,6 +201,9 @@ class TrainConfig:
     checkpointing: bool = setting(False, "Activation checkpointing (less GPU memory, slower).")
     threads: int | None = setting(None, "CPU threads for torch (empty: torch's default; set process-wide).",
                                   kind=int)
+    max_train_gb: float = setting(1.0, "At most this much of the input (as float32, in GB) is loaded to train "
+                                       "on; a larger input gives an evenly spread sample of its frames.",
+                                  low=0.001, high=1024.0, step=0.5)
     clip_outliers: tuple[float, float] | None = setting(
         None, "Clip each channel to these two percentiles before training, e.g. 0.1 99.9 (empty: no clipping).",
         kind=float, count=2, empty="no clipping")
@@ -210,6 +213,8 @@ class TrainConfig:
             raise ValueError("crop_size must be at least 8 pixels")
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if not self.max_train_gb > 0:
+            raise ValueError("max_train_gb must be positive")
         if self.max_steps is None and self.max_minutes is None:
             raise ValueError("give a step budget (max_steps) or a time budget (max_minutes), or both")
         if not 0 < self.val_fraction < 1:

@@ -66,6 +66,48 @@ class Layout:
         n = int(np.prod(self.sample_shape)) if self.sample_axes else 1
         return arr.reshape((n, self.n_channels) + self.spatial_shape)
 
+    # Frame by frame, for arrays of any kind (numpy, memory-mapped, zarr, dask): one engine frame (one
+    # position of the sample axes) is read or written at a time, so an input larger than memory never
+    # has to be loaded whole.
+
+    @property
+    def n_frames(self) -> int:
+        return int(np.prod(self.sample_shape)) if self.sample_axes else 1
+
+    def frame_index(self, i: int, spatial: tuple[slice, ...] | None = None) -> tuple:
+        """Index of engine frame `i` (optionally only the region `spatial` of it, in the spatial axes'
+        order) into an array with the input's axes."""
+        at = dict(zip(self.sample_axes, np.unravel_index(i, self.sample_shape))) if self.sample_axes else {}
+        region = dict(zip(self.spatial_axes, spatial)) if spatial is not None else {}
+        return tuple(int(at[a]) if a in at else region.get(a, slice(None)) for a in self.axes)
+
+    @property
+    def frame_order(self) -> list[int]:
+        """Permutation of the axes that remain in a frame (the input's, less the sample axes) into
+        (C, *spatial)."""
+        rest = [a for a in self.axes if a not in self.sample_axes]
+        wanted = ("C" if "C" in self.axes else "") + self.spatial_axes
+        return [rest.index(a) for a in wanted]
+
+    def read_frame(self, array, i: int, spatial: tuple[slice, ...] | None = None,
+                   leading: tuple = ()) -> np.ndarray:
+        """Engine frame `i` of `array` (the input's axes, after any `leading` index): (*lead, C, *spatial),
+        in the array's dtype, reading that frame (or region) only."""
+        block = np.asarray(array[tuple(leading) + self.frame_index(i, spatial)])
+        nl = block.ndim - len(self.frame_order)
+        block = np.transpose(block, list(range(nl)) + [nl + k for k in self.frame_order])
+        return block.reshape(block.shape[:nl] + (self.n_channels,) + block.shape[block.ndim - self.spatial_dims:])
+
+    def write_frame(self, out, i: int, block: np.ndarray, spatial: tuple[slice, ...] | None = None,
+                    leading: tuple = ()) -> None:
+        """Inverse of read_frame: put a (*lead, C, *spatial) block into engine frame `i` of `out`."""
+        nl = block.ndim - self.spatial_dims - 1
+        if "C" not in self.axes:
+            block = block.reshape(block.shape[:nl] + block.shape[nl + 1:])
+        inverse = np.argsort(self.frame_order)
+        out[tuple(leading) + self.frame_index(i, spatial)] = np.transpose(
+            block, list(range(nl)) + [nl + int(k) for k in inverse])
+
     def from_engine(self, result: np.ndarray, leading: tuple[int, ...] = ()) -> np.ndarray:
         """Inverse of to_engine for a result shaped (*leading, N, C, *spatial): back to the input's axes,
         with any leading axes (e.g. posterior samples) kept in front."""
@@ -140,6 +182,32 @@ def guess_axes(ndim: int, spatial_dims: int = 2, file_axes: str | None = None, l
     return frames + spatial
 
 
+def in_memory(array) -> bool:
+    """Whether an array is an ordinary in-memory numpy array; anything else (memory-mapped files, zarr,
+    dask, tifffile stores) is read frame by frame and never whole."""
+    return isinstance(array, np.ndarray) and not isinstance(array, np.memmap)
+
+
+def check_dtype(array, name: str = "image") -> None:
+    """The checks that need no pixel read: the dtype and the size (for inputs too large to read whole)."""
+    dtype = np.dtype(array.dtype)
+    if dtype == bool:
+        raise InputError(f"{name} is a boolean mask, not an intensity image; choose the raw image")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise InputError(f"{name} is complex-valued; pass its magnitude or real part")
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise InputError(f"{name} has dtype {dtype}; use an integer or float image")
+    if int(np.prod(array.shape)) == 0:
+        raise InputError(f"{name} is empty")
+
+
+def check_frame(frame: np.ndarray, where: str) -> None:
+    """Pixel checks for one frame read from a large input (check_values' NaN rule, frame by frame)."""
+    if np.issubdtype(frame.dtype, np.floating) and not np.isfinite(frame).all():
+        bad = int(frame.size - np.isfinite(frame).sum())
+        raise InputError(f"{where} has {bad} NaN or infinite pixels; replace them (e.g. with the median) first")
+
+
 def check_values(array: np.ndarray, name: str = "image") -> None:
     """Reject dtypes and values the model cannot learn from."""
     if array.dtype == bool:
@@ -162,17 +230,25 @@ def check_values(array: np.ndarray, name: str = "image") -> None:
         raise InputError(f"{name} is constant (every pixel is {lo}); there is nothing to learn from it")
 
 
-def as_engine_images(images, axes: str, spatial_dims: int) -> list[np.ndarray]:
-    """One array or a list of arrays (sizes may differ) -> list of (C, *spatial) float32 images."""
+def as_engine_images(images, axes: str, spatial_dims: int, max_bytes: float | None = None,
+                     notes: list[str] | None = None) -> list[np.ndarray]:
+    """One array or a list of arrays (sizes may differ) -> list of (C, *spatial) float32 images.
+
+    Arrays of any kind are read frame by frame (numpy, memory-mapped, zarr, dask). When all frames
+    together would take more than `max_bytes` as float32, an evenly spread sample of each array's frames
+    is read instead, and a line saying so is added to `notes`.
+    """
     arrays = list(images) if isinstance(images, (list, tuple)) else [images]
     if not arrays:
         raise InputError("no images were given")
-    out: list[np.ndarray] = []
+    layouts = []
     channels = None
     for i, arr in enumerate(arrays):
-        arr = np.asarray(arr)
         name = "the image" if len(arrays) == 1 else f"image {i + 1}"
-        check_values(arr, name)
+        if in_memory(arr):
+            check_values(arr, name)
+        else:
+            check_dtype(arr, name)
         layout = make_layout(arr, axes, spatial_dims)
         if channels is not None and layout.n_channels != channels:
             raise InputError(
@@ -180,7 +256,26 @@ def as_engine_images(images, axes: str, spatial_dims: int) -> list[np.ndarray]:
                 "train on images with the same channels"
             )
         channels = layout.n_channels
-        out.extend(layout.to_engine(arr))
+        layouts.append((name, layout))
+    frame_bytes = [4 * layout.n_channels * int(np.prod(layout.spatial_shape)) for _, layout in layouts]
+    total = sum(b * layout.n_frames for b, (_, layout) in zip(frame_bytes, layouts))
+    share = 1.0 if max_bytes is None or total <= max_bytes else max_bytes / total
+    out: list[np.ndarray] = []
+    read = 0
+    for arr, (name, layout) in zip(arrays, layouts):
+        n = layout.n_frames
+        keep = n if share >= 1 else max(1, int(n * share))
+        picks = np.unique(np.linspace(0, n - 1, keep).round().astype(int))
+        for i in picks:
+            frame = layout.read_frame(arr, int(i))
+            if not in_memory(arr):
+                check_frame(frame, f"{name}, frame {i}")
+            out.append(np.ascontiguousarray(frame, dtype=np.float32))
+        read += len(picks)
+    if share < 1 and notes is not None:
+        frames = sum(layout.n_frames for _, layout in layouts)
+        notes.append(f"the input is {total / 1e9:.1f} GB as float32: training reads {read} of its {frames} frames, "
+                     f"evenly spread ({sum(o.nbytes for o in out) / 1e9:.2f} GB; max_train_gb sets the limit)")
     return out
 
 

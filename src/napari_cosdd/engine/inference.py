@@ -14,8 +14,9 @@ import torch.nn.functional as F
 from . import data as D
 from .device import autocast, free_memory, memory_budget, resolve_device
 from .nets.model import COSDD
-from .output_check import OutputCheck, check_output
+from .output_check import OutputCheck, check_output, check_region
 from .progress import run_to_end
+from .stores import MemoryOutputs, Outputs
 
 METHODS = ("direct", "sample")
 
@@ -140,8 +141,10 @@ def _crop_to(x: torch.Tensor, spatial: tuple[int, ...]) -> torch.Tensor:
 def check_model_input(model: COSDD, image, axes: str) -> D.Layout:
     """Check an image against a model (values, axes, dimensionality, channels); return its layout.
     Raises InputError with a message that says what to do."""
-    image = np.asarray(image)
-    D.check_values(image)
+    if D.in_memory(image):
+        D.check_values(image)
+    else:  # a file or store too large to read here: its frames are checked as they are read
+        D.check_dtype(image)
     layout = D.make_layout(image, axes, model.config.spatial_dims)
     if layout.n_channels != model.config.in_channels:
         raise D.InputError(
@@ -191,16 +194,21 @@ class _Runner:
         return _crop_to(y.float(), spatial).cpu().numpy()
 
 
-def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "direct", n_samples: int = 100,
+def denoise_iter(model: COSDD, image, axes: str, method: str = "direct", n_samples: int = 100,
                  variance: bool = True, median: bool = False, keep_samples: bool = False,
                  tile: int | None = None, overlap: int | None = None, device: str = "auto",
                  bf16: bool = True, seed: int | None = None, calibrated: bool = True,
-                 ) -> Iterator[InferenceEvent]:
+                 out: Outputs | None = None) -> Iterator[InferenceEvent]:
     """Generator of progress events whose return value (StopIteration.value) is a DenoiseResult.
 
     direct: one pass of the Direct Denoiser. sample: n_samples posterior samples giving the mean and,
-    when asked, the variance and std, the pixel-wise median and the samples. Mean and variance
-    accumulate as samples arrive; the median and kept samples hold all samples in memory.
+    when asked, the variance and std, the pixel-wise median and the samples. The mean and variance of
+    each tile accumulate as its samples arrive (Welford); the median holds one tile's samples.
+
+    `image` may be any array with the axes `axes`: numpy, memory-mapped, zarr or dask. It is read one
+    frame at a time, and each finished frame goes to `out` (engine.stores): numpy arrays in memory by
+    default, or OME-Zarr/TIFF files written as the frames finish, so that the memory needed is set by a
+    frame and its tiles, not by the number of frames or samples.
 
     When the model carries a std calibration (engine.calibration) and `calibrated` is true, the variance
     and std are scaled by it, and ``info["std"]`` says so; otherwise they are the samples' own spread.
@@ -212,7 +220,6 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
     if method == "sample" and n_samples < 1:
         raise ValueError("n_samples must be at least 1")
     layout = check_model_input(model, image, axes)
-    stack = layout.engine_view(np.asarray(image))  # (N, C, *spatial), converted to float32 frame by frame
     dev = resolve_device(device)
     generator = _generator(dev, seed)
     model = borrow(model, dev)
@@ -220,6 +227,9 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
     dims = model.config.spatial_dims
     mean_ = model.data_mean.cpu().numpy().reshape((-1,) + (1,) * dims)
     std_ = model.data_std.cpu().numpy().reshape((-1,) + (1,) * dims)
+    calibration = getattr(model, "calibration", None) if calibrated else None
+    var_scale = (np.asarray(calibration.scales, np.float32).reshape((-1,) + (1,) * dims) ** 2
+                 if calibration is not None else 1.0)
 
     sample_batch = 1
     tile_side = tile
@@ -229,34 +239,42 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
         tile_side = auto_tile(model, dev, sample_batch)
     m = model.config.size_multiple
     tile_side = max(m, (int(tile_side) // m) * m)
-    spatial = stack.shape[2:]
+    spatial = layout.spatial_shape
+    n_frames = layout.n_frames
     tile_shape = tuple(min(tile_side, s) for s in spatial)
     ov = overlap if overlap is not None else max(16, tile_side // 8)
     overlap_shape = tuple(min(ov, t // 2) for t in tile_shape)
     tiles = list(_tiles(spatial, tile_shape, overlap_shape))
     passes_per_tile = 1 if method == "direct" else math.ceil(n_samples / sample_batch)
-    total = len(stack) * len(tiles) * passes_per_tile
+    total = n_frames * len(tiles) * passes_per_tile
     done = 0
 
-    outs: dict[str, np.ndarray] = {}
-    names = ["direct"] if method == "direct" else ["mean"] + (["variance"] if variance else []) + (
+    summed = ["direct"] if method == "direct" else ["mean"] + (["variance"] if variance else []) + (
         ["median"] if median else [])
-    for n in names:
-        outs[n] = np.zeros(stack.shape, dtype=np.float32)
-    kept = np.zeros((n_samples,) + stack.shape, dtype=np.float32) if keep_samples and method == "sample" else None
+    names = summed + (["std"] if "variance" in summed else [])
+    keep = keep_samples and method == "sample"
+    store = out if out is not None else MemoryOutputs()
+    store.begin(layout, names + (["samples"] if keep else []), n_samples if keep else 0)
     weight_sum = np.zeros(spatial, dtype=np.float32)
     for slices, w in tiles:
         weight_sum[slices] += w
+    # The output check looks at a few frames' central boxes: those are kept as the frames pass.
+    pick, box = check_region(n_frames, spatial, layout.spatial_axes)
+    seen_in, seen_out = [], []
 
-    yield InferenceEvent(0, total, f"{len(stack)} image(s), {len(tiles)} tile(s) of {tile_shape}")
+    yield InferenceEvent(0, total, f"{n_frames} image(s), {len(tiles)} tile(s) of {tile_shape}")
     try:
-        for i in range(len(stack)):
-            norm = (np.asarray(stack[i], dtype=np.float32) - mean_) / std_
+        for i in range(n_frames):
+            raw = layout.read_frame(image, i)
+            if not D.in_memory(image):
+                D.check_frame(raw, f"frame {i}")
+            norm = (raw.astype(np.float32, copy=False) - mean_) / std_
+            sums = {n: np.zeros(norm.shape, dtype=np.float32) for n in summed}
             for slices, w in tiles:
                 region = norm[(slice(None),) + slices]
+                at = (slice(None),) + slices
                 if method == "direct":
-                    pred = runner(model.direct, region)[0]
-                    outs["direct"][(i, slice(None)) + slices] += pred * w
+                    sums["direct"][at] += runner(model.direct, region)[0] * w
                     done += 1
                     yield InferenceEvent(done, total)
                     continue
@@ -264,7 +282,7 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
                 count = 0
                 t_mean = np.zeros(region.shape, dtype=np.float64)
                 t_m2 = np.zeros(region.shape, dtype=np.float64)
-                tile_samples = [] if (median or kept is not None) else None
+                tile_samples = [] if median else None
                 while count < n_samples:
                     b = min(sample_batch, n_samples - count)
                     s = runner(model.posterior_sample, region, n=b, generator=generator).astype(np.float64)
@@ -274,47 +292,54 @@ def denoise_iter(model: COSDD, image: np.ndarray, axes: str, method: str = "dire
                     new = count + b
                     t_mean += delta * (b / new)
                     t_m2 += b_m2 + delta**2 * (count * b / new)
-                    count = new
                     if tile_samples is not None:
                         tile_samples.append(s.astype(np.float32))
+                    if keep:
+                        store.add("samples", i, (s * w).astype(np.float32), slices, (slice(count, new),))
+                    count = new
                     done += 1
                     yield InferenceEvent(done, total)
-                outs["mean"][(i, slice(None)) + slices] += (t_mean * w).astype(np.float32)
+                sums["mean"][at] += (t_mean * w).astype(np.float32)
                 if variance:
-                    var = t_m2 / max(n_samples - 1, 1)
-                    outs["variance"][(i, slice(None)) + slices] += (var * w).astype(np.float32)
-                if tile_samples is not None:
-                    all_s = np.concatenate(tile_samples)
-                    if median:
-                        outs["median"][(i, slice(None)) + slices] += np.median(all_s, axis=0) * w
-                    if kept is not None:
-                        kept[(slice(None), i, slice(None)) + slices] += all_s * w
+                    sums["variance"][at] += (t_m2 / max(n_samples - 1, 1) * w).astype(np.float32)
+                if median:
+                    sums["median"][at] += np.median(np.concatenate(tile_samples), axis=0) * w
+            finished = {}
+            for n, arr in sums.items():
+                arr /= weight_sum
+                finished[n] = arr * std_**2 * var_scale if n == "variance" else arr * std_ + mean_
+            if "variance" in finished:
+                finished["std"] = np.sqrt(finished["variance"])
+            for n in names:
+                store.write(n, i, finished[n])
+            if keep:
+                for k in range(n_samples):
+                    block = store.read("samples", i, leading=(slice(k, k + 1),))
+                    store.write("samples", i, block / weight_sum * std_ + mean_, leading=(slice(k, k + 1),))
+            if i in pick:
+                seen_in.append(raw[(slice(None),) + box].astype(np.float32))
+                seen_out.append(finished[names[0]][(slice(None),) + box])
+        paths = store.paths()
+        outputs = store.finish()
+    except BaseException:
+        store.abort()  # a stopped or failed run leaves no half-written files
+        raise
     finally:
         free_memory(dev)
 
     result = DenoiseResult(info={"method": method, "tile": tile_shape, "tiles": len(tiles),
                                  "n_samples": n_samples if method == "sample" else 0})
-    calibration = getattr(model, "calibration", None) if calibrated else None
+    if paths:
+        result.info["paths"] = {n: str(p) for n, p in paths.items()}
     if variance and method == "sample":
         result.info["std"] = ({"calibrated": True, **calibration.to_dict()} if calibration is not None
                               else {"calibrated": False})
-    for n, arr in outs.items():
-        arr /= weight_sum
-        if n == "variance":
-            var = arr * std_**2
-            if calibration is not None:
-                var = var * np.asarray(calibration.scales, np.float32).reshape((-1,) + (1,) * dims) ** 2
-            result.variance = layout.from_engine(var)
-            result.std = layout.from_engine(np.sqrt(var))
-        else:
-            arr = arr * std_ + mean_
-            if n == names[0]:  # the main output: direct, or the mean of the samples
-                result.check = check_output(stack, arr, layout.spatial_axes, model.config.orientation)
-                result.info["check"] = result.check.to_dict()
-            setattr(result, n, layout.from_engine(arr))
-    if kept is not None:
-        kept /= weight_sum
-        result.samples = layout.from_engine(kept * std_ + mean_, leading=(n_samples,))
+    for n, arr in outputs.items():
+        setattr(result, n, arr)
+    # The main output (direct, or the mean of the samples) is checked against the input.
+    result.check = check_output(np.stack(seen_in), np.stack(seen_out), layout.spatial_axes,
+                                model.config.orientation)
+    result.info["check"] = result.check.to_dict()
     return result
 
 

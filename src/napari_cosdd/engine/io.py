@@ -15,7 +15,9 @@ import numpy as np
 
 from .data import AXES_LETTERS, AxesError, InputError, guess_axes, normalise_axes
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".npy")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
+#: Files larger than this are read lazily (memory-mapped, or page by page) unless asked otherwise.
+LAZY_BYTES = 1 << 30
 # ImageJ hyperstacks hold at most these axes, in this order.
 IMAGEJ_ORDER = "TZCYX"
 
@@ -43,12 +45,12 @@ def expand_paths(patterns: list[str], skipped: list[Path] | None = None) -> list
     paths: list[Path] = []
 
     def gather(candidates: list[Path], what: str) -> None:
-        found = [p for p in candidates if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        found = [p for p in candidates if is_image_path(p)]
         ours = [p for p in found if OUTPUT_MARK in p.stem]
         if skipped is not None:
             skipped.extend(ours)
         if not found:
-            raise InputError(f"{what}: no TIFF (.tif) or NumPy (.npy) image there")
+            raise InputError(f"{what}: no TIFF (.tif), NumPy (.npy) or OME-Zarr (.zarr) image there")
         if len(ours) == len(found):
             raise InputError(f"{what}: only napari-cosdd's own outputs (*{OUTPUT_MARK}*) there")
         paths.extend(p for p in found if OUTPUT_MARK not in p.stem)
@@ -63,11 +65,56 @@ def expand_paths(patterns: list[str], skipped: list[Path] | None = None) -> list
         path = Path(os.path.expanduser(pattern))
         if not path.exists():
             raise InputError(f"{pattern}: no such file or folder")
-        if path.is_dir():
+        if path.is_dir() and not is_image_path(path):
             gather(sorted(path.iterdir()), f"folder {pattern}")
         else:
             paths.append(path)
     return paths
+
+
+def is_image_path(path: Path) -> bool:
+    """A TIFF or .npy file, or an OME-Zarr (or zarr) folder."""
+    suffix = path.suffix.lower()
+    if suffix == ".zarr":
+        return path.is_dir()
+    return path.is_file() and suffix in IMAGE_SUFFIXES
+
+
+def image_stem(path: Path) -> str:
+    """The name outputs are named after: without .tif/.npy, and without .ome(.zarr/.tif)."""
+    stem = path.stem
+    return stem[:-4] if stem.lower().endswith(".ome") else stem
+
+
+def _read_zarr(path: Path):
+    """An OME-Zarr image (its full resolution, lazily) and its axes; or a plain zarr array."""
+    import zarr
+
+    node = zarr.open(str(path), mode="r")
+    if isinstance(node, zarr.Array):
+        return node, None, None
+    attrs = dict(node.attrs)
+    axes = (attrs.get("napari_cosdd") or {}).get("axes")
+    scale = None
+    if "multiscales" in attrs:
+        ms = attrs["multiscales"][0]
+        dataset = ms["datasets"][0]
+        data = node[dataset["path"]]
+        if axes is None and "axes" in ms:
+            from .stores import FROM_NGFF
+
+            names = [a["name"] if isinstance(a, dict) else a for a in ms["axes"]]
+            axes = "".join(FROM_NGFF.get(n.lower(), "S") for n in names)
+        for t in dataset.get("coordinateTransformations", []):
+            if t.get("type") == "scale":
+                scale = t["scale"]
+    elif "0" in node:
+        data = node["0"]
+    else:
+        raise InputError(f"{path.name} is a zarr group without an image (no multiscales, no array '0')")
+    if axes is not None and (len(axes) != data.ndim or len(set(axes)) != len(axes)):
+        axes = None
+    return data, axes, scale
 
 
 def _axes_from_tifffile(axes: str, shape: tuple[int, ...], name: str) -> str | None:
@@ -89,24 +136,46 @@ def _axes_from_tifffile(axes: str, shape: tuple[int, ...], name: str) -> str | N
     return result
 
 
-def read_image(path: str | os.PathLike, axes: str | None = None) -> ImageFile:
-    """Read a TIFF or .npy image; `axes` (if given) overrides what the file says."""
+def _lazy_tiff(path: Path, series):
+    """A TIFF series without reading it: memory-mapped when its pixels lie uncompressed in one block,
+    else a zarr view that reads the pages (or tiles) an index touches."""
+    import tifffile
+    import zarr
+
+    if series.dataoffset is not None:
+        return tifffile.memmap(path, mode="r")
+    return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+
+
+def read_image(path: str | os.PathLike, axes: str | None = None, lazy: bool | None = None) -> ImageFile:
+    """Read a TIFF, .npy or OME-Zarr image; `axes` (if given) overrides what the file says.
+
+    lazy: read nothing yet and return an array that reads what is indexed (a memory map or a zarr
+    array), for inputs larger than memory; by default for files over LAZY_BYTES and for OME-Zarr."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in IMAGE_SUFFIXES:
-        raise InputError(f"{path.name}: unsupported file type {suffix or '(none)'}; use TIFF (.tif) or NumPy (.npy)")
+        raise InputError(f"{path.name}: unsupported file type {suffix or '(none)'}; use TIFF (.tif), NumPy (.npy) "
+                         "or OME-Zarr (.zarr)")
     imagej: dict = {}
     resolution = None
     file_axes = None
+    big = path.is_file() and path.stat().st_size > LAZY_BYTES
+    lazy = big if lazy is None else lazy
     try:
-        if suffix == ".npy":
-            data = np.load(path, allow_pickle=False)
+        if suffix == ".zarr":
+            data, file_axes, scale = _read_zarr(path)
+            if scale is not None and file_axes is not None and "X" in file_axes and "Y" in file_axes:
+                sx, sy = scale[file_axes.index("X")], scale[file_axes.index("Y")]
+                resolution = (1.0 / sx, 1.0 / sy) if sx and sy else None
+        elif suffix == ".npy":
+            data = np.load(path, allow_pickle=False, mmap_mode="r" if lazy else None)
         else:
             import tifffile
 
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
-                data = series.asarray()
+                data = _lazy_tiff(path, series) if lazy else series.asarray()
                 if tif.is_imagej or tif.is_ome or tif.is_shaped:
                     file_axes = _axes_from_tifffile(series.axes, series.shape, path.name)
                 elif series.axes.endswith("S") and series.shape[-1] in (3, 4):
@@ -123,7 +192,7 @@ def read_image(path: str | os.PathLike, axes: str | None = None) -> ImageFile:
         raise
     except Exception as err:  # tifffile and numpy raise many types for unreadable files
         raise InputError(f"{path.name} could not be read as an image ({type(err).__name__}: {err})") from None
-    if data.dtype == object:
+    if np.dtype(data.dtype) == object:
         raise InputError(f"{path.name} holds Python objects, not an image")
     if axes:
         axes = normalise_axes(axes)
@@ -149,6 +218,23 @@ def _imagej_compatible(axes: str) -> bool:
     return all(p >= 0 for p in positions) and positions == sorted(positions)
 
 
+def tiff_kwargs(axes: str, like: ImageFile | None = None, bigtiff: bool = False) -> dict:
+    """tifffile.imwrite's options for float32 data with `axes`: ImageJ format (with the source's
+    calibration) when the axes allow it and the file is not a BigTIFF, otherwise tifffile's shaped
+    metadata."""
+    kwargs: dict = {}
+    if _imagej_compatible(axes) and not bigtiff:
+        kwargs["imagej"] = True
+        kwargs["metadata"] = {"axes": axes, **(like.imagej if like else {})}
+    else:
+        kwargs["metadata"] = {"axes": axes.replace("S", "Q")}
+        kwargs["photometric"] = "minisblack"  # a leading axis of 3 or 4 is not colour
+        kwargs["bigtiff"] = bigtiff
+    if like is not None and like.resolution is not None:
+        kwargs["resolution"] = like.resolution
+    return kwargs
+
+
 def write_tiff(path: str | os.PathLike, data: np.ndarray, axes: str, like: ImageFile | None = None) -> Path:
     """Write float32 `data` with `axes`; ImageJ format (with the source's calibration) when the axes
     allow it, otherwise tifffile's shaped metadata. The file is written beside and then renamed, so
@@ -157,15 +243,7 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, axes: str, like: Image
 
     path = Path(path)
     data = np.ascontiguousarray(data, dtype=np.float32)
-    kwargs: dict = {}
-    if _imagej_compatible(axes):
-        kwargs["imagej"] = True
-        kwargs["metadata"] = {"axes": axes, **(like.imagej if like else {})}
-    else:
-        kwargs["metadata"] = {"axes": axes.replace("S", "Q")}
-        kwargs["photometric"] = "minisblack"  # a leading axis of 3 or 4 is not colour
-    if like is not None and like.resolution is not None:
-        kwargs["resolution"] = like.resolution
+    kwargs = tiff_kwargs(axes, like, bigtiff=data.nbytes > 2**32 - 2**25)
     tmp = path.with_name(path.name + ".part")
     try:
         tifffile.imwrite(tmp, data, **kwargs)

@@ -93,6 +93,15 @@ def _correlated_part(c: np.ndarray, n: int) -> float:
     return float(min(max(value, c1), c[0]))
 
 
+def check_region(n_frames: int, spatial: tuple[int, ...], spatial_axes: str) -> tuple[np.ndarray, tuple]:
+    """The frames (evenly spaced, at most MAX_FRAMES) and the central box of each that check_output looks
+    at; work done frame by frame keeps only these."""
+    pick = np.unique(np.linspace(0, n_frames - 1, min(n_frames, MAX_FRAMES)).round().astype(int))
+    box = tuple(slice(max(0, (n - m) // 2), max(0, (n - m) // 2) + m)
+                for n, m in zip(spatial, [MAX_SIDE.get(a, 512) for a in spatial_axes]))
+    return pick, box
+
+
 def check_output(noisy: np.ndarray, output: np.ndarray, spatial_axes: str, orientation: str) -> OutputCheck:
     """Estimate whether ``output`` improves on ``noisy``.
 
@@ -105,10 +114,8 @@ def check_output(noisy: np.ndarray, output: np.ndarray, spatial_axes: str, orien
         raise ValueError(f"noisy {np.shape(noisy)} and output {np.shape(output)} differ in shape")
     if np.ndim(noisy) != len(spatial_axes) + 2:
         raise ValueError(f"expected (N, C, {', '.join(spatial_axes)}) arrays, got {np.ndim(noisy)} axes")
-    pick = np.unique(np.linspace(0, len(noisy) - 1, min(len(noisy), MAX_FRAMES)).round().astype(int))
     # Only the frames looked at, and a central box of each, are copied: the memory stays bounded.
-    box = tuple(slice(max(0, (n - m) // 2), max(0, (n - m) // 2) + m)
-                for n, m in zip(np.shape(noisy)[2:], [MAX_SIDE.get(a, 512) for a in spatial_axes]))
+    pick, box = check_region(len(noisy), np.shape(noisy)[2:], spatial_axes)
     noisy = np.asarray(noisy[(pick, slice(None)) + box], dtype=np.float64)
     output = np.asarray(output[(pick, slice(None)) + box], dtype=np.float64)
     across = [i for i, a in enumerate(spatial_axes) if a.lower() != orientation and noisy.shape[2 + i] >= 8]

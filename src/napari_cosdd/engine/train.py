@@ -200,7 +200,8 @@ class Trainer:
             preset = DEFAULT_PRESET_GPU if self.device.type == "cuda" else DEFAULT_PRESET_CPU
         _seed_everything(self.cfg.seed)  # before the networks are initialised
         dims = _crop_spatial_dims(model.config if model else None, spatial_dims, orientation)
-        engine_images = D.as_engine_images(images, axes, dims)
+        engine_images = D.as_engine_images(images, axes, dims, max_bytes=self.cfg.max_train_gb * 1e9,
+                                           notes=self.messages)
         if self.cfg.clip_outliers is not None:  # before the statistics, so they describe what is trained on
             engine_images, limits = D.clip_outliers(engine_images, self.cfg.clip_outliers)
             self.messages.append("clipped to " + ", ".join(f"[{lo:g}, {hi:g}]" for lo, hi in limits))
