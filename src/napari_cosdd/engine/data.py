@@ -191,7 +191,7 @@ def in_memory(array) -> bool:
 def check_dtype(array, name: str = "image") -> None:
     """The checks that need no pixel read: the dtype and the size (for inputs too large to read whole)."""
     dtype = np.dtype(array.dtype)
-    if dtype == bool:
+    if dtype == np.dtype(bool):
         raise InputError(f"{name} is a boolean mask, not an intensity image; choose the raw image")
     if np.issubdtype(dtype, np.complexfloating):
         raise InputError(f"{name} is complex-valued; pass its magnitude or real part")
