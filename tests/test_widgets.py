@@ -633,3 +633,41 @@ def test_denoise_shows_the_axes_guess_lets_the_user_change_it_and_outputs_keep_t
     denoise.axes.setText("CYX")  # 3 channels for a 1-channel model: a message, no layer touched
     denoise.denoise_button.click()
     assert denoise.worker is None and "channel" in denoise.status.text()
+
+
+def test_a_dask_layer_is_denoised_into_ome_zarr_files_shown_as_lazy_layers(qtbot, tiny_model, tmp_path):
+    """A time-lapse held as a dask array (as napari opens a large OME-Zarr) is never loaded whole: the
+    widget writes the outputs frame by frame into OME-Zarr files and shows them as lazy layers."""
+    import dask.array as da
+    import zarr
+
+    v = ViewerModel()
+    movie = np.random.default_rng(1).random((6, 64, 64)).astype(np.float32)
+    reads = []
+    lazy = da.from_array(movie, chunks=(1, 64, 64)).map_blocks(lambda b: reads.append(1) or b, dtype=np.float32)
+    v.add_image(lazy, name="movie", scale=(1.0, 0.25, 0.25))
+    denoise = DenoiseWidget(v)
+    qtbot.addWidget(denoise)
+    denoise.session.set_model(tiny_model, "tiny")
+    choose(denoise.image_combo, "movie")
+    assert denoise.to_files.isChecked(), "a dask layer goes to files by default"
+    denoise.out_folder.setText(str(tmp_path))
+    denoise.axes.setText("TYX")
+    denoise.method.setCurrentText("sample")
+    denoise.n_samples.setValue(3)
+    denoise.want_uncertain.setChecked(True)
+    reads.clear()
+    denoise.denoise_button.click()
+    wait_idle(qtbot, denoise)
+    assert len(reads) >= 6, "frames were read from the dask array, one chunk each"
+    mean = v.layers["movie_cosdd_mean"]
+    assert isinstance(mean.data, da.Array), "the output layer reads from its file"
+    np.testing.assert_allclose(mean.scale, (1.0, 0.25, 0.25))
+    stored = zarr.open_array(str(tmp_path / "movie_cosdd_mean.ome.zarr" / "0"), mode="r")
+    np.testing.assert_allclose(np.asarray(mean.data[2]), stored[2])
+    assert any(layer.name.startswith("movie_cosdd_spread_above_") for layer in v.layers)
+    assert "Written to" in denoise.status.text()
+    # an in-memory layer of ordinary size stays in memory
+    v.add_image(movie, name="small")
+    choose(denoise.image_combo, "small")
+    assert not denoise.to_files.isChecked()

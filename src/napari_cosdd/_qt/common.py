@@ -115,10 +115,42 @@ def check_image_layer(layer) -> str | None:
     return None
 
 
-def layer_array(layer) -> np.ndarray:
-    """The layer's data as an in-memory numpy array (the highest resolution of a multiscale layer)."""
+#: Layers larger than this (or backed by dask, zarr or a memory map) are denoised into files by default.
+LARGE_BYTES = 1 << 30
+
+
+def layer_array(layer, lazy: bool = False):
+    """The layer's data (the highest resolution of a multiscale layer): an in-memory numpy array, or with
+    lazy=True the layer's own array when it is dask, zarr or memory-mapped, which the engine reads frame
+    by frame instead of loading it whole."""
+    from ..engine.data import in_memory
+
     data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    if lazy and not in_memory(data) and hasattr(data, "shape") and hasattr(data, "dtype"):
+        return data
     return np.asarray(data)
+
+
+def is_large(layer) -> bool:
+    """Whether a layer is backed by something other than memory, or too large to double in memory."""
+    from ..engine.data import in_memory
+
+    data = layer.data[0] if getattr(layer, "multiscale", False) else layer.data
+    nbytes = int(np.prod(data.shape)) * np.dtype(data.dtype).itemsize
+    return not in_memory(data) or nbytes > LARGE_BYTES
+
+
+def lazy_view(array):
+    """A dask view of an output stored on disk (zarr or memory-mapped) for a napari layer: napari reads
+    only the planes it shows, and arithmetic on it (a threshold) stays lazy."""
+    import dask.array as da
+
+    from ..engine.data import in_memory
+
+    if in_memory(array):
+        return array
+    chunks = tuple(1 for _ in array.shape[:-2]) + tuple(array.shape[-2:])
+    return da.from_array(array, chunks=chunks)
 
 
 def layer_geometry(layer) -> dict:

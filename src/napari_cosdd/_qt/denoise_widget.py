@@ -33,8 +33,10 @@ from .common import (
     default_axes,
     describe_error,
     guarded,
+    is_large,
     layer_array,
     layer_geometry,
+    lazy_view,
     load_model_or_report,
     put_layer,
     report,
@@ -88,6 +90,16 @@ class DenoiseWidget(QWidget):
         self.uncertain_threshold.setDecimals(4)
         self.uncertain_threshold.setRange(0.0, 1e9)
         self.uncertain_threshold.setToolTip("Threshold on the std, in the image's units.")
+        # Large images: outputs written frame by frame into OME-Zarr files, shown as lazy layers.
+        self.to_files = QCheckBox("write to OME-Zarr files in")
+        self.to_files.setToolTip("Write each output, frame by frame, into an OME-Zarr image in this folder and "
+                                 "show it as a layer read from there: for images larger than memory. On by "
+                                 "default for layers backed by dask, zarr or a file map, or over 1 GB.")
+        self.out_folder = QLineEdit()
+        self.out_folder.setToolTip("Folder for the OME-Zarr outputs (<layer>_cosdd_<output>.ome.zarr).")
+        self.out_folder_button = QPushButton("...")
+        self.out_folder_button.setToolTip("Choose the folder")
+        self.out_folder_button.clicked.connect(self._choose_folder)
         self.tile = QSpinBox()
         self.tile.setRange(0, 8192)
         self.tile.setSingleStep(64)
@@ -172,6 +184,11 @@ class DenoiseWidget(QWidget):
         form.addRow("method", self.method)
         form.addRow("samples", self.n_samples)
         form.addRow("outputs", outputs)
+        files_row = QHBoxLayout()
+        files_row.addWidget(self.to_files)
+        files_row.addWidget(self.out_folder, 1)
+        files_row.addWidget(self.out_folder_button)
+        form.addRow("large images", files_row)
         form.addRow("tile size", self.tile)
         buttons = QHBoxLayout()
         buttons.addWidget(self.denoise_button)
@@ -194,6 +211,8 @@ class DenoiseWidget(QWidget):
         self._set_running(False)
         self.image_combo.currentTextChanged.connect(lambda *_: self._show_axes_guess())
         self.image_combo.currentTextChanged.connect(lambda *_: self._suggest_threshold())
+        self.image_combo.currentTextChanged.connect(lambda *_: self._suggest_files())
+        self._suggest_files()
         self.uncertain_threshold.valueChanged.connect(self._threshold_edited)
         self._threshold_is_suggested = True
         self._suggest_threshold()
@@ -298,7 +317,38 @@ class DenoiseWidget(QWidget):
             return None
         self._show_axes_guess()  # the model may be known only now (a file loaded on first use)
         axes = self.axes.text().strip().upper() or default_axes(layer, model.config.spatial_dims)
-        return model, layer, layer_array(layer), axes
+        return model, layer, layer_array(layer, lazy=True), axes
+
+    def _suggest_files(self) -> None:
+        """Large or lazy layers go to files by default, beside the layer's file when it has one."""
+        layer = self.image_combo.current_layer()
+        if layer is None:
+            return
+        self.to_files.setChecked(is_large(layer))
+        source = getattr(getattr(layer, "source", None), "path", None)
+        folder = Path(source).parent if source else Path.home() / "napari-cosdd"
+        if not self.out_folder.text().strip() or self.out_folder.property("suggested"):
+            self.out_folder.setText(str(folder))
+            self.out_folder.setProperty("suggested", True)
+
+    def _choose_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Folder for the OME-Zarr outputs", self.out_folder.text())
+        if folder:
+            self.out_folder.setText(folder)
+            self.out_folder.setProperty("suggested", False)
+
+    def _output_store(self, layer, axes: str):
+        """ZarrOutputs for the layer when outputs go to files, else None (numpy layers in memory)."""
+        if not self.to_files.isChecked():
+            return None
+        from ..engine.stores import ZarrOutputs
+
+        folder = Path(self.out_folder.text().strip() or Path.home() / "napari-cosdd").expanduser()
+        stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in layer.name)
+        scale = {a: float(v) for a, v in zip(axes, layer.scale)}
+        units = getattr(layer, "units", None)
+        units = {a: str(u) for a, u in zip(axes, units)} if units is not None else None
+        return ZarrOutputs(folder, stem, scale=scale, units=units)
 
     def start(self) -> None:
         prepared = self._prepare()
@@ -310,7 +360,8 @@ class DenoiseWidget(QWidget):
                        variance=sampled and self.want_variance.isChecked(),
                        median=sampled and self.want_median.isChecked(),
                        keep_samples=sampled and self.want_samples.isChecked(),
-                       tile=self.tile.value() or None, device="auto", seed=0)
+                       tile=self.tile.value() or None, device="auto", seed=0,
+                       out=self._output_store(layer, axes))
         try:  # check the layer against the model before starting a thread (values, channels, dimensions)
             from ..engine.inference import check_model_input
 
@@ -359,6 +410,8 @@ class DenoiseWidget(QWidget):
             return
         job = self._job
         src, like = job["source"], job["like"]
+        for name, array in result.outputs().items():  # outputs in files: lazy layers that read from them
+            setattr(result, name, lazy_view(array))
         names = []
         if result.direct is not None:
             names.append(self._put(result.direct, f"{src}_cosdd_direct", like))
@@ -382,11 +435,14 @@ class DenoiseWidget(QWidget):
                 marked = (result.std > threshold).astype(np.uint8)
                 name = f"{src}_cosdd_{'std' if calibrated else 'spread'}_above_{threshold:g}"
                 names.append(self._put(marked, name, like, labels=True, opacity=0.5))
-                note += f" {100 * marked.mean():.1f} % of pixels have a std above {threshold:g}."
+                if isinstance(marked, np.ndarray):  # a lazy one is only read where it is shown
+                    note += f" {100 * marked.mean():.1f} % of pixels have a std above {threshold:g}."
         if result.median is not None:
             names.append(self._put(result.median, f"{src}_cosdd_median", like))
         if result.samples is not None:
             names.append(self._put(result.samples, f"{src}_cosdd_samples", like))
+        if result.info.get("paths"):
+            note += " Written to " + str(Path(next(iter(result.info["paths"].values()))).parent) + "."
         check = result.check
         if check is not None and not check.ok:
             report(self.status, "Done: " + ", ".join(names) + ". Warning: " + check.message + "." + note, "warning")

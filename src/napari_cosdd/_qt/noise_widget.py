@@ -102,7 +102,7 @@ class NoiseWidget(QWidget):
             report(self.status, problem, "error")
             return
         try:
-            data = layer_array(layer)
+            data = layer_array(layer, lazy=True)
             axes = default_axes(layer, 2)
             region = None
             shapes = self.region_combo.current_layer()

@@ -226,7 +226,7 @@ class TrainWidget(QWidget):
             dims = self.model.config.spatial_dims if resume else (3 if orientation == "z" else 2)
             if resume and self.model.config.orientation != orientation:
                 self.orientation.setCurrentText(self.model.config.orientation)
-            self.trainer = Trainer([layer_array(layer) for layer in layers], axes,
+            self.trainer = Trainer([layer_array(layer, lazy=True) for layer in layers], axes,
                                    model=self.model if resume else None, preset=self.preset.currentText(),
                                    orientation=orientation, train_config=cfg, spatial_dims=dims, **overrides)
         except Exception as exc:  # noqa: BLE001 - a message, never a traceback
