@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_cosdd.engine.calibration import Calibration, calibrate, coverage, fit_scale, reliability
+from napari_cosdd.engine.calibration import (
+    Calibration,
+    calibrate,
+    coverage,
+    fit_scale,
+    fit_scale_floor,
+    reliability,
+)
 
 
 def gaussian_posterior(n=200_000, seed=0):
@@ -26,6 +33,37 @@ def test_the_fitted_scale_recovers_the_true_posterior_std(wrong):
     x, mean, std = gaussian_posterior()
     scale = fit_scale(wrong * std, mean, x)
     assert scale == pytest.approx(1.0 / wrong, rel=0.02)
+
+
+@pytest.mark.parametrize("wrong", [0.5, 3.0])
+def test_without_an_error_floor_the_floor_stays_near_zero_and_the_scale_is_the_same(wrong):
+    x, mean, std = gaussian_posterior()
+    scale, floor = fit_scale_floor(wrong * std, mean, x)
+    assert scale == pytest.approx(1.0 / wrong, rel=0.03)
+    assert floor < 0.05 * np.median(std), "no floor where the error has none"
+
+
+def test_an_error_floor_the_spread_misses_is_recovered_and_one_scale_cannot_fit_it():
+    """The truth is off by an extra N(0, 0.3^2) error that the predicted std does not show (as the
+    darkest pixels under camera noise): scale and floor are recovered, and the held-out ENCE is far lower
+    than with one scale, which inflates the std of every other pixel."""
+    x, mean, std = gaussian_posterior(400_000)
+    extra = 0.3 * np.random.default_rng(5).standard_normal(x.size)
+    truth = x + extra
+    fit, held = slice(0, 200_000), slice(200_000, None)
+    scale, floor = fit_scale_floor(std[fit], mean[fit], truth[fit])
+    assert scale == pytest.approx(1.0, rel=0.05) and floor == pytest.approx(0.3, rel=0.1)
+    single = fit_scale(std[fit], mean[fit], truth[fit])
+    rel = reliability(std[held], mean[held], truth[held])
+    assert rel.scaled(scale, floor).ence < 0.04
+    assert rel.scaled(single).ence > 2 * rel.scaled(scale, floor).ence
+    cal = calibrate(std[fit], mean[fit], truth[fit])
+    assert cal.floors[0] == pytest.approx(floor) and cal.describe().startswith("x 1")
+    cov = coverage(std[held], mean[held], truth[held], scale, floor=floor)
+    assert cov["68"] == pytest.approx(0.6827, abs=0.015)
+    assert Calibration.from_dict(cal.to_dict()).floors == cal.floors
+    assert Calibration.from_dict({"scales": [2.0]}).floors == [0.0], "files from before floors existed"
+    np.testing.assert_allclose(cal.apply(std[:5]), np.sqrt((scale * std[:5]) ** 2 + floor**2), rtol=1e-6)
 
 
 def test_a_calibrated_std_lies_on_the_identity_and_covers_as_a_gaussian_should():

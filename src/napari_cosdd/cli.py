@@ -346,8 +346,10 @@ def _drive(gen, bar: ProgressBar, label: str):
 def std_note(info: dict) -> str:
     """What the std output is: a calibrated error bar, or only the samples' spread."""
     if info.get("calibrated"):
-        scales = ", ".join(f"{s:.3g}" for s in info["scales"])
-        return f"the std is calibrated (x {scales}, fitted on {info.get('fitted_on') or 'a reference'})"
+        from .engine.calibration import Calibration
+
+        how = Calibration.from_dict(info).describe()
+        return f"the std is calibrated ({how}, fitted on {info.get('fitted_on') or 'a reference'})"
     return ("the std is the posterior samples' spread, not calibrated as an error bar "
             "(napari-cosdd calibrate fits it against a reference image)")
 

@@ -491,8 +491,7 @@ class DenoiseWidget(QWidget):
             self.calibration_state.setText("The chosen model's std is not calibrated: it is the spread of its "
                                            "posterior samples.")
         else:
-            scales = ", ".join(f"{s:.3g}" for s in cal.scales)
-            self.calibration_state.setText(f"The chosen model's std is calibrated (x {scales}, fitted on "
+            self.calibration_state.setText(f"The chosen model's std is calibrated ({cal.describe()}, fitted on "
                                            f"{cal.fitted_on}).")
 
     def calibrate(self) -> None:

@@ -228,8 +228,6 @@ def denoise_iter(model: COSDD, image, axes: str, method: str = "direct", n_sampl
     mean_ = model.data_mean.cpu().numpy().reshape((-1,) + (1,) * dims)
     std_ = model.data_std.cpu().numpy().reshape((-1,) + (1,) * dims)
     calibration = getattr(model, "calibration", None) if calibrated else None
-    var_scale = (np.asarray(calibration.scales, np.float32).reshape((-1,) + (1,) * dims) ** 2
-                 if calibration is not None else 1.0)
 
     sample_batch = 1
     tile_side = tile
@@ -307,7 +305,8 @@ def denoise_iter(model: COSDD, image, axes: str, method: str = "direct", n_sampl
             finished = {}
             for n, arr in sums.items():
                 arr /= weight_sum
-                finished[n] = arr * std_**2 * var_scale if n == "variance" else arr * std_ + mean_
+                finished[n] = arr * std_ + mean_ if n != "variance" else (
+                    arr * std_**2 if calibration is None else calibration.variance(arr * std_**2))
             if "variance" in finished:
                 finished["std"] = np.sqrt(finished["variance"])
             for n in names:
@@ -351,7 +350,7 @@ def denoise(model: COSDD, image: np.ndarray, axes: str, **kwargs) -> DenoiseResu
 def calibrate_iter(model: COSDD, image: np.ndarray, axes: str, reference: np.ndarray | None = None,
                    background: np.ndarray | None = None, n_samples: int = 20, match: str = "affine",
                    tile: int | None = None, device: str = "auto", seed: int | None = 0,
-                   ) -> Iterator[InferenceEvent]:
+                   floor: bool | None = None) -> Iterator[InferenceEvent]:
     """Fit the posterior std's scale against what the user knows; a generator that returns a
     CalibrationReport (engine.calibration). The model is not changed: set ``model.calibration =
     report.calibration`` to use it (and save the model to keep it).
@@ -359,6 +358,8 @@ def calibrate_iter(model: COSDD, image: np.ndarray, axes: str, reference: np.nda
     reference: a low-noise image of the same field (same axes and shape as `image`: a long exposure, or
     the average of repeated frames). background: a mask (True on flat background; the image's shape or
     its spatial shape). Give one or both; with both, the reference is used inside the mask only.
+    floor: also fit a floor added in quadrature (engine.calibration); by default with a reference, not
+    with a background region alone.
     """
     from .calibration import fit_to_background, fit_to_reference
 
@@ -389,8 +390,9 @@ def calibrate_iter(model: COSDD, image: np.ndarray, axes: str, reference: np.nda
     if ref is not None:
         where = "a reference image" + (" inside a background mask" if mask is not None else "")
         return fit_to_reference(std, mean, ref, mask=mask, match=match,
-                                fitted_on=f"{where}, {n_samples} samples")
-    return fit_to_background(std, mean, stack, mask, fitted_on=f"a background region, {n_samples} samples")
+                                fitted_on=f"{where}, {n_samples} samples", floor=True if floor is None else floor)
+    return fit_to_background(std, mean, stack, mask, fitted_on=f"a background region, {n_samples} samples",
+                             floor=bool(floor))
 
 
 def calibrate_model(model: COSDD, image: np.ndarray, axes: str, **kwargs):

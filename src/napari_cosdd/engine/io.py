@@ -136,14 +136,13 @@ def _axes_from_tifffile(axes: str, shape: tuple[int, ...], name: str) -> str | N
     return result
 
 
-def _lazy_tiff(path: Path, series):
-    """A TIFF series without reading it: memory-mapped when its pixels lie uncompressed in one block,
-    else a zarr view that reads the pages (or tiles) an index touches."""
+def _lazy_tiff(path: Path):
+    """A TIFF series without reading it: a zarr view that reads the pages (or tiles) an index touches.
+    Plain reads, not a memory map: a map's pages would stay resident, and count in the process's memory,
+    as a file larger than memory is walked through."""
     import tifffile
     import zarr
 
-    if series.dataoffset is not None:
-        return tifffile.memmap(path, mode="r")
     return zarr.open(tifffile.imread(path, aszarr=True), mode="r")
 
 
@@ -175,7 +174,7 @@ def read_image(path: str | os.PathLike, axes: str | None = None, lazy: bool | No
 
             with tifffile.TiffFile(path) as tif:
                 series = tif.series[0]
-                data = _lazy_tiff(path, series) if lazy else series.asarray()
+                data = _lazy_tiff(path) if lazy else series.asarray()
                 if tif.is_imagej or tif.is_ome or tif.is_shaped:
                     file_axes = _axes_from_tifffile(series.axes, series.shape, path.name)
                 elif series.axes.endswith("S") and series.shape[-1] in (3, 4):
