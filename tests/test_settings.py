@@ -39,6 +39,7 @@ def test_typed_text_is_parsed_and_bad_text_names_the_setting():
     assert by_name["clip_outliers"].parse("0.1, 99.9") == (0.1, 99.9)
     assert by_name["clip_outliers"].parse("") is None and by_name["threads"].parse("") is None
     assert by_name["ar_dilations"].parse("1 2 4") == (1, 2, 4)
+    assert by_name["seed"].parse("none") is None and by_name["seed"].parse("7") == 7
     with pytest.raises(ValueError, match="clip outliers.*2 numbers"):
         by_name["clip_outliers"].parse("0.1")
     with pytest.raises(ValueError, match="crop size"):

@@ -168,3 +168,13 @@ def test_autocorrelation_of_a_lazy_stack_reads_a_sample_of_frames(tmp_path):
     result = A.noise_autocorrelation(lazy, "TYX")
     assert result.orientation == "x"
     assert any(f"on {A.MAX_LAZY_FRAMES} of the 40 frames" in n for n in result.notes)
+
+
+def test_outputs_beyond_imagej_size_are_bigtiff_with_their_axes(tiny_model, stripes_small, tmp_path, monkeypatch):
+    monkeypatch.setattr(TiffOutputs, "IMAGEJ_LIMIT", 0)  # as if the output were over 4 GB
+    x = _stack(stripes_small, 3)
+    res = I.denoise(tiny_model, x, "TYX", method="direct", device="cpu", out=TiffOutputs(tmp_path, "big"))
+    with tifffile.TiffFile(tmp_path / "big_cosdd_direct.tif") as tif:
+        assert tif.is_bigtiff and not tif.is_imagej
+        assert tif.series[0].axes == "TYX" and tif.series[0].shape == x.shape
+        np.testing.assert_array_equal(tif.asarray(), np.asarray(res.direct))

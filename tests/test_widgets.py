@@ -151,6 +151,9 @@ def test_the_advanced_form_is_made_from_the_settings_and_shows_the_presets_size(
     form["ar_dilations"].value = "1 2"
     assert form.values(ModelConfig) == {"levels": 5, "ar_dilations": (1, 2)}
     assert form.values(TrainConfig) == {"learning_rate": 3e-5}, "small learning rates are not rounded away"
+    assert "none" in form["seed"].native.placeholderText()
+    form["seed"].value = "none"  # a fresh seed each run, though the default is 0
+    assert form.values(TrainConfig)["seed"] is None
 
 
 def test_a_bad_advanced_setting_is_said_and_nothing_starts(viewer, widgets):

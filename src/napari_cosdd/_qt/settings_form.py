@@ -35,7 +35,10 @@ def editor_for(s: Setting) -> Widget:
         return FloatSpinBox(value=s.default, min=s.low if s.low is not None else -float(LARGEST),
                             max=s.high if s.high is not None else float(LARGEST), step=s.step or 0.1, **common)
     line = LineEdit(value="", **common)
-    line.native.setPlaceholderText(s.shown_default() or s.empty)
+    shown = s.shown_default()
+    # A default that may be turned off (seed 0): say how, since an empty editor means the default.
+    hint = f"{shown}; none: {s.empty}" if shown and s.nullable else shown
+    line.native.setPlaceholderText(hint or s.empty)
     return line
 
 

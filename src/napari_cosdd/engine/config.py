@@ -273,8 +273,12 @@ class Setting:
         return str(value)
 
     def parse(self, text: str) -> Any:
-        """A typed value from what a person typed ('' gives None or the empty sequence); ValueError names it."""
+        """A typed value from what a person typed ('' gives None or the empty sequence, and so does "none"
+        for a setting that may be empty, so that a default such as seed 0 can be turned off); ValueError
+        names it."""
         text = text.strip()
+        if self.nullable and text.lower() == "none":
+            return None
         try:
             if self.count is not None:
                 values = tuple(self.kind(float(v)) if self.kind is int else self.kind(v)
