@@ -191,7 +191,8 @@ class TrainConfig:
                                      low=1, high=1000)
     collapse_restarts: int = setting(1, "Fresh starts with a new seed before training stops on a collapse.",
                                      low=0, high=100)
-    seed: int | None = setting(0, "Random seed of weights and crops (empty: a fresh one each run).", kind=int)
+    seed: int | None = setting(0, "Random seed of weights and crops (none: a fresh one each run).", kind=int,
+                               empty="a fresh seed each run")
     device: str = setting("auto", "auto (a GPU when there is one), cpu, cuda, cuda:N or mps.")
     bf16: bool = setting(True, "bf16 autocast on CUDA.")
     cpu_bf16: bool = setting(False, "bf16 autocast on CPUs that have bf16 instructions (AVX-512 BF16, AMX); "
@@ -315,7 +316,8 @@ def settings(cls: type) -> list[Setting]:
         kind = meta.get("kind") or type(default)
         out.append(Setting(name=f.name, owner=cls, help=meta.get("help", f.name), default=default, kind=kind,
                            choices=meta.get("choices"), count=meta.get("count"),
-                           nullable=default is None, low=meta.get("low"), high=meta.get("high"),
+                           nullable=default is None or "None" in str(f.type), low=meta.get("low"),
+                           high=meta.get("high"),
                            step=meta.get("step"),
                            flag=meta.get("flag", "--" + f.name.replace("_", "-")),
                            empty=meta.get("empty", "automatic")))
