@@ -252,7 +252,6 @@ def denoise_iter(model: COSDD, image, axes: str, method: str = "direct", n_sampl
     names = summed + (["std"] if "variance" in summed else [])
     keep = keep_samples and method == "sample"
     store = out if out is not None else MemoryOutputs()
-    store.begin(layout, names + (["samples"] if keep else []), n_samples if keep else 0)
     weight_sum = np.zeros(spatial, dtype=np.float32)
     for slices, w in tiles:
         weight_sum[slices] += w
@@ -260,8 +259,9 @@ def denoise_iter(model: COSDD, image, axes: str, method: str = "direct", n_sampl
     pick, box = check_region(n_frames, spatial, layout.spatial_axes)
     seen_in, seen_out = [], []
 
-    yield InferenceEvent(0, total, f"{n_frames} image(s), {len(tiles)} tile(s) of {tile_shape}")
     try:
+        store.begin(layout, names + (["samples"] if keep else []), n_samples if keep else 0)
+        yield InferenceEvent(0, total, f"{n_frames} image(s), {len(tiles)} tile(s) of {tile_shape}")
         for i in range(n_frames):
             raw = layout.read_frame(image, i)
             if not D.in_memory(image):
