@@ -18,6 +18,8 @@ from .data import AXES_LETTERS, AxesError, InputError, guess_axes, normalise_axe
 IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
 #: Files larger than this are read lazily (memory-mapped, or page by page) unless asked otherwise.
 LAZY_BYTES = 1 << 30
+#: ImageJ's TIFF flavour has no 64-bit offsets: larger files are written as BigTIFF.
+IMAGEJ_LIMIT = 2**32 - 2**25
 # ImageJ hyperstacks hold at most these axes, in this order.
 IMAGEJ_ORDER = "TZCYX"
 
@@ -242,7 +244,7 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, axes: str, like: Image
 
     path = Path(path)
     data = np.ascontiguousarray(data, dtype=np.float32)
-    kwargs = tiff_kwargs(axes, like, bigtiff=data.nbytes > 2**32 - 2**25)
+    kwargs = tiff_kwargs(axes, like, bigtiff=data.nbytes > IMAGEJ_LIMIT)
     tmp = path.with_name(path.name + ".part")
     try:
         tifffile.imwrite(tmp, data, **kwargs)

@@ -22,12 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from .data import InputError, Layout
+from .io import IMAGEJ_LIMIT, tiff_kwargs, write_tiff
 
 #: NGFF 0.4 axis names and types of our axis letters.
 NGFF_AXES = {"T": ("t", "time"), "C": ("c", "channel"), "Z": ("z", "space"), "Y": ("y", "space"),
              "X": ("x", "space")}
 #: Our letter for a NGFF axis name (anything else is a sample axis).
-FROM_NGFF = {"t": "T", "c": "C", "z": "Z", "y": "Y", "x": "X"}
+FROM_NGFF = {name: letter for letter, (name, _) in NGFF_AXES.items()}
 SAMPLES_AXIS = "Q"  # the leading axis of the posterior samples output, in stored metadata
 
 
@@ -38,9 +39,6 @@ class Outputs:
     (0 for none); ``write`` puts a finished frame, ``add`` accumulates a block of samples, ``read`` gives
     a frame back (samples), ``finish`` returns the outputs to read and ``abort`` removes what was written.
     """
-
-    #: Whether outputs are files (the results are then read from them lazily).
-    on_disk = False
 
     def begin(self, layout: Layout, names: list[str], n_samples: int = 0) -> None:
         self.layout = layout
@@ -119,7 +117,6 @@ class ZarrOutputs(Outputs):
     group with its array at "0" and the axes in the ``napari_cosdd`` attribute, which this package reads.
     """
 
-    on_disk = True
     suffix = ".ome.zarr"
 
     def __init__(self, folder: str | os.PathLike, stem: str, scale: dict | None = None,
@@ -230,10 +227,8 @@ class TiffOutputs(Outputs):
     the exception: they are gathered in memory and written at the end (use ZarrOutputs for many samples
     of a large input)."""
 
-    on_disk = True
     suffix = ".tif"
-    #: ImageJ's TIFF flavour has no 64-bit offsets; larger outputs are BigTIFF.
-    IMAGEJ_LIMIT = 2**32 - 2**25
+    IMAGEJ_LIMIT = IMAGEJ_LIMIT  # larger outputs are BigTIFF
 
     def __init__(self, folder: str | os.PathLike, stem: str, like=None) -> None:
         self.folder, self.stem, self.like = Path(folder), stem, like
@@ -248,8 +243,6 @@ class TiffOutputs(Outputs):
         super().begin(layout, names, n_samples)
 
     def _kwargs(self, axes: str, nbytes: int) -> dict:
-        from .io import tiff_kwargs
-
         return tiff_kwargs(axes, self.like, bigtiff=nbytes > self.IMAGEJ_LIMIT)
 
     def _create(self, name: str, shape: tuple[int, ...]):
@@ -271,8 +264,6 @@ class TiffOutputs(Outputs):
 
     def finish(self) -> dict:
         import tifffile
-
-        from .io import write_tiff
 
         out = {}
         for name, stream in self.streams.items():
