@@ -186,6 +186,19 @@ def _commit() -> str:
     return rev + ("+uncommitted engine changes" if dirty else "")
 
 
+def _machine(platform) -> str:
+    """The processor's model name as well as its cores: step counts differ about 2.4x between the machines
+    sessions get, so a cell pair is only comparable when both sides name the same one."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
 def write_result(method: str, cell: Cell, result: dict) -> str:
     """Store one cell's figures with the commit, date and machine that made them."""
     import json
@@ -197,7 +210,7 @@ def write_result(method: str, cell: Cell, result: dict) -> str:
     path = _result_path(method, cell.image, cell.noise)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     record = {"method": method, "image": cell.image, "noise": cell.noise, "commit": _commit(),
-              "date": time.strftime("%Y-%m-%d %H:%M"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+              "date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(platform),
               "torch": torch.__version__, **result}
     with open(path, "w") as f:
         json.dump(record, f, indent=1)
