@@ -5,6 +5,7 @@ Runs under any Qt platform (offscreen is enough: nothing here draws a layer). CP
 
 from __future__ import annotations
 
+import threading
 import time
 
 import numpy as np
@@ -358,7 +359,7 @@ def test_noise_region_from_a_rectangle(viewer, widgets):
         (lambda v: v.add_image(np.ones((64, 64)), name="bad"), "constant"),
     ],
 )
-def test_bad_layers_give_messages_and_change_nothing(viewer, widgets, make_layer, words):
+def test_bad_layers_give_messages_and_change_nothing(viewer, widgets, make_layer, words, qtbot):
     noise, train, denoise = widgets
     make_layer(viewer)
     names = [layer.name for layer in viewer.layers]
@@ -368,7 +369,8 @@ def test_bad_layers_give_messages_and_change_nothing(viewer, widgets, make_layer
     train.select_layers(["bad"])
     configure_tiny(train)
     train.train_button.click()
-    assert words in train.status.text() and train.worker is None and train.train_button.isEnabled()
+    wait_idle(qtbot, train)  # what only the data can tell (NaN, constant) comes from the worker
+    assert words in train.status.text() and train.model is None and train.train_button.isEnabled()
     choose(denoise.image_combo, "bad")
     denoise.model_combo.setCurrentIndex(denoise.model_combo.findData(PRETRAINED_KEY))
     denoise.denoise_button.click()
@@ -417,7 +419,8 @@ def test_one_image_too_small_to_split_is_refused_with_advice(qtbot):
     configure_tiny(train, steps=3)
     train.advanced_form["crop_size"].value = 64
     train.train_button.click()
-    assert "too small" in train.status.text() and train.worker is None and train.train_button.isEnabled()
+    wait_idle(qtbot, train)  # the data are read in the worker, so its verdict comes from there
+    assert "too small" in train.status.text() and train.model is None and train.train_button.isEnabled()
 
 
 def test_model_that_does_not_fit_the_layer(viewer, widgets, tmp_path):
@@ -500,11 +503,37 @@ def test_closing_the_widget_stops_training(viewer, qtbot):
     qtbot.addWidget(train)
     configure_tiny(train, steps=1_000_000)
     train.train_button.click()
-    trainer = train.trainer
     qtbot.waitUntil(lambda: train.loss_plot.point_count() > 0, timeout=60_000)
+    trainer = train.trainer
     train.close()
     wait_idle(qtbot, train, timeout=30_000)
     assert trainer.history[-1]["reason"] == "stopped on request"
+
+
+def test_the_trainer_is_built_in_the_worker_and_a_stop_before_it_exists_is_kept(viewer, widgets, qtbot,
+                                                                              monkeypatch):
+    """Reading and normalising the layers happens off the GUI thread; Stop pressed while it runs still
+    ends the run before its first step, and the user is told that no model came of it."""
+    from napari_cosdd.engine import train as engine_train
+
+    built_in = []
+    original = engine_train.Trainer.__init__
+
+    def slow_init(self, *args, **kwargs):
+        built_in.append(threading.current_thread() is threading.main_thread())
+        time.sleep(0.5)  # a slow source: Stop arrives before the Trainer exists
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine_train.Trainer, "__init__", slow_init)
+    _, train, _ = widgets
+    configure_tiny(train, steps=100_000)
+    train.train_button.click()
+    assert "Reading" in train.status.text() and train.trainer is None and not train.train_button.isEnabled()
+    train.stop_button.click()
+    wait_idle(qtbot, train)
+    assert built_in == [False]
+    assert train.model is None and "stopped on request" in train.status.text()
+    assert "no new model" in train.status.text() and train.train_button.isEnabled()
 
 
 def test_napari_stays_responsive_while_training_on_the_cpu(viewer, qtbot):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from napari.layers import Image
@@ -46,6 +47,29 @@ from .session import session_for
 from .settings_form import SettingsForm
 
 
+class TrainingRun:
+    """One press of Train: the Trainer is built inside the worker (reading a lazy layer's frames, splitting
+    and normalising take seconds on large data), so a stop asked before it exists is kept and passed on."""
+
+    def __init__(self, build) -> None:
+        self._build = build
+        self.trainer = None
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+        trainer = self.trainer
+        if trainer is not None:
+            trainer.stop()
+
+    def events(self):
+        """The worker's generator: build the Trainer, then its training events."""
+        self.trainer = self._build()
+        if self._stop.is_set():  # Stop or close came while the data were read: end at the first step
+            self.trainer.stop()
+        return (yield from self.trainer.fit())
+
+
 class TrainWidget(QWidget):
     """Layers -> Trainer -> events -> progress, plot and a model shared with the Denoise widget."""
 
@@ -53,7 +77,7 @@ class TrainWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
-        self.trainer = None
+        self.run = None
         self.worker = None
         self.model = None
         self._axes_edited = False
@@ -199,8 +223,14 @@ class TrainWidget(QWidget):
 
     # ------------------------------------------------------------------ training
 
+    @property
+    def trainer(self):
+        """The running Trainer, once the worker has built it (None before and after a run)."""
+        return self.run.trainer if self.run is not None else None
+
     def start(self, resume: bool = False) -> None:
-        """Check the input, build the Trainer here (bad input fails at once), train in a worker."""
+        """Check the settings and layers here (a mistake is said at once), then build the Trainer and train
+        in a worker, so that reading large layers never blocks napari."""
         from ..engine.train import Trainer
 
         if self.worker is not None:
@@ -221,37 +251,43 @@ class TrainWidget(QWidget):
         try:
             cfg = self._train_config()
             overrides = {} if resume else self.advanced_form.values(ModelConfig)
-            orientation = self.orientation.currentText()
-            axes = self.axes.text().strip().upper()
-            dims = self.model.config.spatial_dims if resume else (3 if orientation == "z" else 2)
-            if resume and self.model.config.orientation != orientation:
-                self.orientation.setCurrentText(self.model.config.orientation)
-            self.trainer = Trainer([layer_array(layer, lazy=True) for layer in layers], axes,
-                                   model=self.model if resume else None, preset=self.preset.currentText(),
-                                   orientation=orientation, train_config=cfg, spatial_dims=dims, **overrides)
         except Exception as exc:  # noqa: BLE001 - a message, never a traceback
-            self.trainer = None
             report(self.status, describe_error(exc), "error")
             return
+        orientation = self.orientation.currentText()
+        axes = self.axes.text().strip().upper()
+        dims = self.model.config.spatial_dims if resume else (3 if orientation == "z" else 2)
+        if resume and self.model.config.orientation != orientation:
+            self.orientation.setCurrentText(self.model.config.orientation)
+            orientation = self.model.config.orientation
+        arrays = [layer_array(layer, lazy=True) for layer in layers]  # references, read in the worker
+        model, preset = (self.model if resume else None), self.preset.currentText()
+
+        def build():
+            return Trainer(arrays, axes, model=model, preset=preset, orientation=orientation, train_config=cfg,
+                           spatial_dims=dims, **overrides)
+
+        self.run = run = TrainingRun(build)
         self._source_names = names
         if not resume:
             self.loss_plot.clear()
-        self.worker = create_worker(guarded, self.trainer.fit(), _start_thread=False, _ignore_errors=True)
+        self.worker = create_worker(guarded, run.events(), _start_thread=False, _ignore_errors=True)
         self.worker.yielded.connect(self._on_event)
         self.worker.errored.connect(self._on_error)
         self.worker.finished.connect(self._on_finished)
         app = QApplication.instance()
         if app is not None:
-            app.aboutToQuit.connect(self.trainer.stop)
-        self.destroyed.connect(self.trainer.stop)  # the widget is gone: stop at the next step
+            app.aboutToQuit.connect(run.stop)
+        self.destroyed.connect(run.stop)  # the widget is gone: stop at the next step
         self._set_running(True)
-        report(self.status, f"Training on {', '.join(names)} ({'continuing' if resume else 'new model'})...")
+        report(self.status, f"Reading {', '.join(names)} and building the "
+                            f"{'model to continue' if resume else 'new model'}...")
         self.worker.start()
 
     def stop(self) -> None:
         """Ask the engine to stop at the next step; it keeps the best weights so far."""
-        if self.trainer is not None and self.worker is not None:
-            self.trainer.stop()
+        if self.run is not None and self.worker is not None:
+            self.run.stop()
             self.status.setText("Stopping at the next step...")
 
     def _on_event(self, ev) -> None:
@@ -276,7 +312,7 @@ class TrainWidget(QWidget):
         report(self.status, describe_error(exc), "error")
 
     def _on_finished(self) -> None:
-        trainer, self.trainer, self.worker = self.trainer, None, None
+        trainer, self.run, self.worker = self.trainer, None, None
         self._set_running(False)
         message = getattr(self, "_done_message", None)
         self._done_message = None
@@ -289,6 +325,8 @@ class TrainWidget(QWidget):
             if message:
                 extra = f" Best validation ELBO {best:.4f}." if best is not None else ""
                 report(self.status, message + extra + " The model is ready in the Denoise widget.")
+        elif message and trainer is not None and not trainer.collapsed:
+            report(self.status, message + " No training step was made, so there is no new model.", "warning")
 
     def _on_session_model(self, model, description: str) -> None:
         if model is not self.model:
@@ -341,6 +379,6 @@ class TrainWidget(QWidget):
             self.load_model_from(path)
 
     def closeEvent(self, event) -> None:
-        if self.trainer is not None:
-            self.trainer.stop()
+        if self.run is not None:
+            self.run.stop()
         super().closeEvent(event)
