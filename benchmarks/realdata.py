@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -189,14 +190,18 @@ def _commit() -> str:
 def _machine(platform) -> str:
     """The processor's model name as well as its cores: step counts differ about 2.4x between the machines
     sessions get, so a cell pair is only comparable when both sides name the same one."""
-    model = platform.processor() or platform.machine()
+    model, vector = platform.processor() or platform.machine(), ""
     try:
         with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+            info = f.read()
+        names = [line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")]
         model = names[0] if names else model
+        flags = set(re.findall(r"\b(avx512f|avx512_bf16|avx2)\b", info))
+        vector = ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
+        vector += " with bf16" if "avx512_bf16" in flags else ""
     except OSError:
         pass
-    return f"{model}, {os.cpu_count()} cores"
+    return f"{model}{vector}, {os.cpu_count()} cores"
 
 
 def write_result(method: str, cell: Cell, result: dict) -> str:
