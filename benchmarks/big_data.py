@@ -2,7 +2,8 @@
 
     python benchmarks/big_data.py                                   # 0.25 and 1 GB, direct and 20 samples
     python benchmarks/big_data.py --sizes 0.25 1 4 16 --modes direct
-    python benchmarks/big_data.py --sizes 0.25 1 --write-docs       # the table into docs/benchmarks.md
+    python benchmarks/big_data.py --sizes 0.25 1 --write-docs       # add the rows to the stored ones
+                                                                    # (results/big_data_cpu.json), write the table
 
 Each size is a synthetic uint16 time-lapse TIFF of 512 x 512 frames (stripes noise over smooth objects,
 plus a camera offset) written to --data (default: a cache folder outside the repository; 16 GB needs
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -38,6 +40,7 @@ import realdata as R
 
 FRAME = 512
 BEGIN, END = "<!-- big data: begin -->", "<!-- big data: end -->"
+RESULTS = Path(__file__).resolve().parent / "results" / "big_data_cpu.json"  # every row measured so far
 DATA = Path(os.environ.get("COSDD_BENCH_CACHE", Path.home() / ".cache" / "napari-cosdd" / "bench")) / "big"
 
 
@@ -115,7 +118,8 @@ def measure(path: Path, mode: str, how: str, preset: str, threads: int, out: Pat
             "how": how, "seconds": round(seconds, 1), "mpx_per_s": round(pixels / seconds / 1e6, 3),
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
             "written_gb": round(written / 1e9, 3), "preset": preset, "threads": threads,
-            "override": override, "rss_trace_gb": trace}
+            "override": override, "rss_trace_gb": trace, "date": time.strftime("%Y-%m-%d"),
+            "machine": R.machine_name(platform)}
 
 
 def run_one(args) -> None:
@@ -177,12 +181,27 @@ def main() -> None:
                     if how not in best or row["seconds"] < best[how]["seconds"]:
                         best[how] = row
             rows.extend(best[h] for h in hows)
-    text = table(rows)
-    print(text)
     with open(data / "big_data.json", "w") as f:
         json.dump(rows, f, indent=1)
     if args.write_docs:
-        R.write_into_docs(text, BEGIN, END)
+        rows = merge_results(rows)
+        R.write_into_docs(table(rows), BEGIN, END)
+    print(table(rows))
+
+
+def merge_results(rows: list[dict], path: Path = RESULTS) -> list[dict]:
+    """Add this run's rows to the stored ones (a row measured again with the same settings replaces its
+    old one), so that sessions can add sizes and modes to the table without running it all again."""
+    def key(r: dict) -> tuple:
+        return r["input_gb"], r["mode"], r["how"], r["preset"], json.dumps(r["override"], sort_keys=True)
+
+    stored = json.loads(path.read_text()) if path.exists() else []
+    merged = {key(r): r for r in stored}
+    merged.update((key(r), r) for r in rows)
+    order = {"direct": 0, "samples": 1, "stream": 0, "memory": 1}
+    out = sorted(merged.values(), key=lambda r: (r["mode"] != "direct", r["input_gb"], order[r["how"]]))
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    return out
 
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ def _commit() -> str:
     return rev + ("+uncommitted engine changes" if dirty else "")
 
 
-def _machine(platform) -> str:
+def machine_name(platform) -> str:
     """The processor's model name as well as its cores: step counts differ about 2.4x between the machines
     sessions get, so a cell pair is only comparable when both sides name the same one."""
     model, vector = platform.processor() or platform.machine(), ""
@@ -215,7 +215,7 @@ def write_result(method: str, cell: Cell, result: dict) -> str:
     path = _result_path(method, cell.image, cell.noise)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     record = {"method": method, "image": cell.image, "noise": cell.noise, "commit": _commit(),
-              "date": time.strftime("%Y-%m-%d %H:%M"), "machine": _machine(platform),
+              "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_name(platform),
               "torch": torch.__version__, **result}
     with open(path, "w") as f:
         json.dump(record, f, indent=1)
