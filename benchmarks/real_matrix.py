@@ -40,6 +40,7 @@ QUICK_CELLS = ["nuclei2d_camera", "moon_x"]
 QUICK_MINUTES = 3.0
 BEGIN, END = "<!-- real-data matrix: begin -->", "<!-- real-data matrix: end -->"
 CAL_BEGIN, CAL_END = "<!-- calibration: begin -->", "<!-- calibration: end -->"
+PEER_BEGIN, PEER_END = "<!-- peers: begin -->", "<!-- peers: end -->"
 # Trained models and the scored posterior arrays are kept outside the repository (tens of MB per cell), so
 # that a new uncertainty or output analysis can be run on a cell without training it again.
 CACHE = os.environ.get("COSDD_BENCH_CACHE", os.path.expanduser("~/.cache/napari-cosdd/bench"))
@@ -209,6 +210,33 @@ def table(ours_tag: str = "ours") -> str:
     return "\n".join(lines)
 
 
+def peers_table(ours_tag: str = "ours") -> str | None:
+    """Ours and the reference beside structured N2V (benchmarks/structn2v_careamics.py) on the cells it
+    has run; None when it has run on none."""
+    n2v = R.load_results("structn2v")
+    if not n2v:
+        return None
+    ours, ref = R.load_results(ours_tag), R.load_results("reference")
+    lines = ["| cell | noisy | ours: mean of 20 / direct | reference: best of mean of 20 and direct "
+             "| CAREamics (mask, span): direct | its steps | our direct - its direct |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for image in R.IMAGES:
+        for noise in R.NOISES:
+            n = n2v.get((image, noise))
+            if n is None:
+                continue
+            o, r = ours.get((image, noise)), ref.get((image, noise))
+            setting = n["settings"]
+            kind = setting["method"] + (f" ({setting['mask']}, {setting['span']})" if setting.get("span") else "")
+            best = "" if r is None else f"{max(r['psnr']['mean20'], r['psnr']['direct']):.2f}"
+            lines.append(" | ".join([
+                f"| {image} {noise}", _fmt(n, "noisy"),
+                "" if o is None else f"{_fmt(o, 'mean20')} / {_fmt(o, 'direct')}", best,
+                f"{kind}: {_fmt(n, 'direct')}", str(n["steps"]),
+                "" if o is None else f"{o['psnr']['direct'] - n['psnr']['direct']:+.2f} |"]))
+    return "\n".join(lines)
+
+
 def calibrated_cells(ours_tag: str = "ours", second_tag: str = CAL_TAG) -> list[tuple[str, str, dict, str]]:
     """(image, noise, result, source) for every cell with calibration figures, in matrix order. A cell
     whose first training kept no posterior (measured before calibration, or before the floor) takes its
@@ -299,9 +327,14 @@ def cmd_table(args) -> None:
     print(text)
     cal = calibration_table(args.tag)
     print(cal)
+    peers = peers_table(args.tag)
+    if peers:
+        print(peers)
     if not args.no_write:
         R.write_into_docs(text, BEGIN, END)
         R.write_into_docs(cal, CAL_BEGIN, CAL_END)
+        if peers:
+            R.write_into_docs(peers, PEER_BEGIN, PEER_END)
         if not args.no_plot:
             written = calibration_plot(args.tag)
             if written:
