@@ -233,7 +233,7 @@ def peers_table(ours_tag: str = "ours") -> str | None:
                 f"| {image} {noise}", _fmt(n, "noisy"),
                 "" if o is None else f"{_fmt(o, 'mean20')} / {_fmt(o, 'direct')}", best,
                 f"{kind}: {_fmt(n, 'direct')}", str(n["steps"]),
-                "" if o is None else f"{o['psnr']['direct'] - n['psnr']['direct']:+.2f} |"]))
+                "" if o is None else f"{o['psnr']['direct'] - n['psnr']['direct']:+.2f}"]) + " |")
     return "\n".join(lines)
 
 

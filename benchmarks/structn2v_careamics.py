@@ -80,8 +80,8 @@ def _empty_module(name: str, package: bool = False) -> types.ModuleType:
     return module
 
 
-def run_cell(cell: R.Cell, minutes: float, threads: int, seed: int, batch: int, span: int) -> dict:
-    torchvision_used = _torchvision_stand_in()
+def run_cell(cell: R.Cell, minutes: float, threads: int, seed: int, batch: int, span: int,
+             versions: dict) -> dict:
     from careamics import CAREamist
     from careamics.config.factories.n2v_factory import create_advanced_n2v_config
     from lightning.pytorch import Callback
@@ -134,16 +134,19 @@ def run_cell(cell: R.Cell, minutes: float, threads: int, seed: int, batch: int, 
         "orientation": R.TRUE_ORIENTATION[cell.noise],
         "settings": {"method": "structN2V" if mask != "none" else "N2V", "mask": mask,
                      "span": span if mask != "none" else None,
-                     "patch": 64, "batch": batch, "careamics": _careamics_version(),
-                     "torchvision": torchvision_used, "minutes": minutes, "threads": threads, "seed": seed},
+                     "patch": 64, "batch": batch, **versions, "minutes": minutes, "threads": threads,
+                     "seed": seed},
         "val_log": counter.val_log,
     }
 
 
-def _careamics_version() -> str:
+def _load_careamics() -> dict:
+    """Import CAREamics once per process (behind the torchvision stand-in where one is needed); the versions
+    that every result records."""
+    torchvision_used = _torchvision_stand_in()
     import careamics
 
-    return careamics.__version__
+    return {"careamics": careamics.__version__, "torchvision": torchvision_used}
 
 
 def main() -> None:
@@ -156,13 +159,15 @@ def main() -> None:
     p.add_argument("--span", type=int, default=15, help="length of the structN2V mask (odd, 3-15)")
     p.add_argument("--rerun", action="store_true", help="run cells that already have a result")
     args = p.parse_args()
+    versions = None
     for image, noise in R.parse_cells(args.cells):
         if not args.rerun and R.has_result(METHOD, image, noise):
             print(f"{image}_{noise}: already measured, skipped (--rerun to measure again)")
             continue
         cell = R.make_cell(image, noise)
         print(f"{cell.name}: CAREamics {MASK[noise]} mask, {args.minutes:g} min", flush=True)
-        result = run_cell(cell, args.minutes, args.threads, args.seed, args.batch, args.span)
+        versions = versions or _load_careamics()
+        result = run_cell(cell, args.minutes, args.threads, args.seed, args.batch, args.span, versions)
         path = R.write_result(METHOD, cell, result)
         print(f"{cell.name}: " + "  ".join(f"{k} {v:.2f}" for k, v in result["psnr"].items())
               + f"  steps {result['steps']}  -> {path}", flush=True)
