@@ -25,7 +25,7 @@ stay as they are, with batch 16; it keeps the last weights, as its predict does 
 CAREamics 0.3.5 imports torchvision at import time for its hierarchical-VAE code only. Where no
 torchvision that matches the CPU torch can be installed (its PyPI wheels are CUDA builds), this script
 stands an empty `torchvision` module in for it and says so; the N2V path never calls torchvision.
-One JSON file per cell goes to benchmarks/results/structn2v/.
+One JSON file per cell goes to benchmarks/results/structn2v/ (or the folder that --tag names).
 """
 
 from __future__ import annotations
@@ -124,11 +124,16 @@ def run_cell(cell: R.Cell, minutes: float, threads: int, seed: int, batch: int, 
     if direct.shape[0] != R.EVAL_FRAMES:
         raise RuntimeError(f"CAREamics returned {direct.shape[0]} predictions for {R.EVAL_FRAMES} frames")
     clean = cell.clean[:R.EVAL_FRAMES]
+    # A constant shift of the whole output costs PSNR that no texture explains: stored apart, so that a
+    # weak cell shows whether N2V misses the level or the structure.
+    offset = (direct - clean).mean(axis=(1, 2), keepdims=True)
     return {
         "psnr": {
             "noisy": R.psnr_frames(clean, noisy[:R.EVAL_FRAMES]),
             "direct": R.psnr_frames(clean, direct),
         },
+        "direct_offset_counts": float(offset.mean()),
+        "psnr_direct_offset_removed": R.psnr_frames(clean, direct - offset),
         "steps": counter.steps,
         "seconds": round(seconds, 1),
         "orientation": R.TRUE_ORIENTATION[cell.noise],
@@ -158,17 +163,19 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--span", type=int, default=15, help="length of the structN2V mask (odd, 3-15)")
     p.add_argument("--rerun", action="store_true", help="run cells that already have a result")
+    p.add_argument("--tag", default=METHOD, help="results folder under benchmarks/results/ (another seed goes "
+                   "in a folder of its own, so the peers table keeps the first run)")
     args = p.parse_args()
     versions = None
     for image, noise in R.parse_cells(args.cells):
-        if not args.rerun and R.has_result(METHOD, image, noise):
+        if not args.rerun and R.has_result(args.tag, image, noise):
             print(f"{image}_{noise}: already measured, skipped (--rerun to measure again)")
             continue
         cell = R.make_cell(image, noise)
         print(f"{cell.name}: CAREamics {MASK[noise]} mask, {args.minutes:g} min", flush=True)
         versions = versions or _load_careamics()
         result = run_cell(cell, args.minutes, args.threads, args.seed, args.batch, args.span, versions)
-        path = R.write_result(METHOD, cell, result)
+        path = R.write_result(args.tag, cell, result)
         print(f"{cell.name}: " + "  ".join(f"{k} {v:.2f}" for k, v in result["psnr"].items())
               + f"  steps {result['steps']}  -> {path}", flush=True)
 
