@@ -80,6 +80,25 @@ def _empty_module(name: str, package: bool = False) -> types.ModuleType:
     return module
 
 
+def check_masks(span: int) -> None:
+    """Print, for each structN2V orientation, which pixels CAREamics changes around one masked pixel of a
+    ramp patch: the line of `span` pixels must lie along X for horizontal and along Y for vertical."""
+    _load_careamics()
+    from careamics.config.algorithms.n2v_manipulation import StructMaskConfig
+    from careamics.lightning.modules.n2v_utils.pixel_manipulation import uniform_manipulate
+
+    ramp = torch.arange(64 * 64, dtype=torch.float32).reshape(1, 64, 64)
+    for axes in ("horizontal", "vertical"):
+        out, mask = uniform_manipulate(ramp.clone(), 0.2, struct_params=StructMaskConfig(axes=axes, span=span),
+                                       rng=torch.Generator().manual_seed(1))
+        changed = (out != ramp)[0].int()
+        ys, xs = torch.where(mask[0] == 1)
+        y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+        h = span // 2 + 1
+        print(f"{axes}: pixel ({y}, {x}); changed along X {changed[y, x - h:x + h + 1].tolist()}, "
+              f"along Y {changed[y - h:y + h + 1, x].tolist()}")
+
+
 def run_cell(cell: R.Cell, minutes: float, threads: int, seed: int, batch: int, span: int,
              versions: dict) -> dict:
     from careamics import CAREamist
@@ -156,7 +175,7 @@ def _load_careamics() -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cells", nargs="+", required=True, help="IMAGE_NOISE, e.g. nuclei2d_camera; or 'all'")
+    p.add_argument("--cells", nargs="+", help="IMAGE_NOISE, e.g. nuclei2d_camera; or 'all'")
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=1, help="CAREamics takes seeds from 1")
@@ -165,7 +184,12 @@ def main() -> None:
     p.add_argument("--rerun", action="store_true", help="run cells that already have a result")
     p.add_argument("--tag", default=METHOD, help="results folder under benchmarks/results/ (another seed goes "
                    "in a folder of its own, so the peers table keeps the first run)")
+    p.add_argument("--check-masks", action="store_true", help="only print where each structN2V mask falls")
     args = p.parse_args()
+    if args.check_masks:
+        return check_masks(args.span)
+    if not args.cells:
+        p.error("--cells is required (or --check-masks)")
     versions = None
     for image, noise in R.parse_cells(args.cells):
         if not args.rerun and R.has_result(args.tag, image, noise):
