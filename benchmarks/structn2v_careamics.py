@@ -1,11 +1,14 @@
 """Run structured Noise2Void (CAREamics) on cells of the real-data matrix: the peer users already know.
 
-CAREamics is not a dependency of this project. Install it into an environment of its own, with the CPU
-torch first (a bare requirement pulls CUDA builds):
+CAREamics is not a dependency of this project. Install it into an environment of its own that sees the
+system's CPU torch 2.13.0. CAREamics 0.3.5 requires torchvision up to 0.26, which pins torch 2.11, so
+pip brings CUDA builds of both (several GB) even with the CPU torch installed; remove them again, and
+the system's CPU torch shows through (the figures in docs/benchmarks.md were made that way):
 
     python -m venv --system-site-packages n2venv
-    n2venv/bin/pip install torch==2.13.0
     n2venv/bin/pip install careamics==0.3.5
+    n2venv/bin/pip uninstall -y torch torchvision triton $(n2venv/bin/pip list | grep -o '^nvidia-[^ ]*\|^cuda-[^ ]*')
+    n2venv/bin/python -c "import torch; print(torch.__version__)"      # 2.13.0+cpu
     n2venv/bin/python benchmarks/structn2v_careamics.py --cells nuclei2d_camera moon_x --minutes 10
 
 Same data, budget and scoring as ours and the reference: the 16 noisy frames of the cell (uint16 counts
