@@ -7,7 +7,7 @@ the system's CPU torch shows through (the figures in docs/benchmarks.md were mad
 
     python -m venv --system-site-packages n2venv
     n2venv/bin/pip install careamics==0.3.5
-    n2venv/bin/pip uninstall -y torch torchvision triton $(n2venv/bin/pip list | grep -o '^nvidia-[^ ]*\|^cuda-[^ ]*')
+    n2venv/bin/pip uninstall -y torch torchvision triton $(n2venv/bin/pip list | grep -oE '^(nvidia|cuda)-[^ ]*')
     n2venv/bin/python -c "import torch; print(torch.__version__)"      # 2.13.0+cpu
     n2venv/bin/python benchmarks/structn2v_careamics.py --cells nuclei2d_camera moon_x --minutes 10
 
