@@ -138,15 +138,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rerun", action="store_true", help="run cells that already have a result")
+    p.add_argument("--tag", default="reference",
+                   help="folder under benchmarks/results (default: reference; another keeps short runs apart)")
     args = p.parse_args()
     for image, noise in R.parse_cells(args.cells):
-        if not args.rerun and R.has_result("reference", image, noise):
+        if not args.rerun and R.has_result(args.tag, image, noise):
             print(f"{image}_{noise}: already measured, skipped (--rerun to measure again)")
             continue
         cell = R.make_cell(image, noise)
         print(f"{cell.name}: reference small, {args.minutes:g} min", flush=True)
         result = run_cell(args.ref_dir, cell, args.minutes, args.threads, args.seed)
-        path = R.write_result("reference", cell, result)
+        path = R.write_result(args.tag, cell, result)
         print(f"{cell.name}: " + "  ".join(f"{k} {v:.2f}" for k, v in result["psnr"].items())
               + f"  steps {result['steps']}  -> {path}", flush=True)
 
