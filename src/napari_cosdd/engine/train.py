@@ -180,7 +180,7 @@ class Trainer:
         Continue training this model (its normalisation and architecture are kept).
     preset : str, optional
         Network size when starting afresh ("tiny", "cpu", "small", "default", "large"); by default
-        "cpu" on a CPU and "large" on a GPU.
+        "cpu", on a CPU and on a GPU (the preset the real-data matrix chose).
     orientation : str
         Noise axis when starting afresh: "x", "y", "z" or "none".
     train_config : TrainConfig
@@ -263,8 +263,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ internals
 
-    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+    def _to_device(self, batch: np.ndarray, device: torch.device | None = None) -> torch.Tensor:
+        x = torch.from_numpy(batch).to(device or self.device, non_blocking=True)
         return x.contiguous(memory_format=self._layout) if x.dim() == 4 else x
 
     @property
@@ -278,16 +278,18 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Mean losses over the fixed validation crops, with a fixed random stream so that
-        successive validations differ only because the weights did."""
+        successive validations differ only because the weights did. It runs where the model is: on the
+        training device during `fit`, and where the caller keeps the model after it (`fit` puts it back)."""
         self.model.eval()
         sums: dict[str, float] = {}
         n = 0
-        devices = [self.device] if self.device.type == "cuda" else []
+        device = next(self.model.parameters()).device
+        devices = [device] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(12345)
             for start in range(0, len(self.val_crops), self.cfg.batch_size):
-                batch = self._to_device(self.val_crops[start:start + self.cfg.batch_size])
-                with autocast(self.device, self.cfg.bf16, self.cfg.cpu_bf16):
+                batch = self._to_device(self.val_crops[start:start + self.cfg.batch_size], device)
+                with autocast(device, self.cfg.bf16, self.cfg.cpu_bf16):
                     losses = scalar_losses(self.model.losses(batch))
                 for k, v in losses.items():
                     sums[k] = sums.get(k, 0.0) + v * len(batch)
