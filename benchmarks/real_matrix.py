@@ -86,9 +86,15 @@ def cmd_recalibrate(args) -> None:
               f"{c['floor_fit']['ence_after']:.2f}  ({os.path.relpath(path)})")
 
 
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{device}: {torch.cuda.get_device_name(torch.device(device))}"
+    return device
+
+
 def run_cell(cell: R.Cell, args) -> dict:
     orientation = noise_autocorrelation(cell.noisy, "SYX").orientation
-    settings = dict(max_minutes=args.minutes, max_steps=args.steps, threads=args.threads, device="cpu",
+    settings = dict(max_minutes=args.minutes, max_steps=args.steps, threads=args.threads, device=args.device,
                     seed=args.seed)
     settings.update(json.loads(args.train_override))
     cfg = C.TrainConfig(**settings)
@@ -105,13 +111,15 @@ def run_cell(cell: R.Cell, args) -> dict:
             messages.append(ev.message)
             print(f"  {ev.kind}: {ev.message}", flush=True)
     seconds = time.perf_counter() - t0
-    model = trainer.model
+    model = trainer.model.to(args.device)  # fit hands it back on the CPU; validate where it trained
     val = trainer.validate()
+    model.to("cpu")
     model.eval()
     x, clean = cell.noisy[:R.EVAL_FRAMES], cell.clean[:R.EVAL_FRAMES]
-    direct_result = denoise(model, x, "SYX", method="direct", device="cpu")
-    one = denoise(model, x, "SYX", method="sample", n_samples=1, variance=False, device="cpu", seed=1).mean
-    mean20_result = denoise(model, x, "SYX", method="sample", n_samples=20, variance=True, device="cpu", seed=2)
+    direct_result = denoise(model, x, "SYX", method="direct", device=args.device)
+    one = denoise(model, x, "SYX", method="sample", n_samples=1, variance=False, device=args.device, seed=1).mean
+    mean20_result = denoise(model, x, "SYX", method="sample", n_samples=20, variance=True, device=args.device,
+                            seed=2)
     direct, mean20 = direct_result.direct, mean20_result.mean
     keep = os.path.join(CACHE, args.tag or "ours")
     os.makedirs(keep, exist_ok=True)
@@ -130,7 +138,8 @@ def run_cell(cell: R.Cell, args) -> dict:
         "seconds": round(seconds, 1),
         "orientation": orientation,
         "messages": messages,
-        "settings": {"preset": args.preset or "default for the device", "model": model.config.to_dict(),
+        "settings": {"preset": args.preset or "default for the device", "device": _device_name(args.device),
+                     "model": model.config.to_dict(),
                      "train": cfg.to_dict()},
     }
 
@@ -177,9 +186,9 @@ def targets(o: dict, r: dict) -> str:
     return "met" if not missed else "missed: " + ", ".join(missed)
 
 
-def table(ours_tag: str = "ours") -> str:
+def table(ours_tag: str = "ours", ref_tag: str = "reference") -> str:
     """The markdown table of every measured cell: ours beside the reference."""
-    ours, ref = R.load_results(ours_tag), R.load_results("reference")
+    ours, ref = R.load_results(ours_tag), R.load_results(ref_tag)
     lines = [
         "| cell | noisy | ours: 1 sample / mean of 20 / direct | KL per level (finest first) | steps, s "
         "| reference small: 1 sample / mean of 20 / direct | steps | direct - ref. direct | mean20 - ref. mean20 "
@@ -323,7 +332,7 @@ def calibration_plot(ours_tag: str = "ours", path: str = CAL_PLOT, second_tag: s
 
 
 def cmd_table(args) -> None:
-    text = table(args.tag)
+    text = table(args.tag, args.ref_tag)
     print(text)
     cal = calibration_table(args.tag)
     print(cal)
@@ -353,6 +362,7 @@ def main() -> None:
     r.add_argument("--override", default="{}", help='JSON of ModelConfig fields, e.g. {"merge": "add"}')
     r.add_argument("--train-override", default="{}", help='JSON of TrainConfig fields')
     r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--device", default="cpu", help="cpu (the matrix's judge), cuda or cuda:N")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--tag", default=None, help="folder under benchmarks/results (default: ours)")
     r.add_argument("--rerun", action="store_true", help="measure cells that already have a result")
@@ -360,6 +370,7 @@ def main() -> None:
     c.add_argument("--tag", default="ours")
     t = sub.add_parser("table", help="print the table and write it into docs/benchmarks.md")
     t.add_argument("--tag", default="ours")
+    t.add_argument("--ref-tag", default="reference", help="the reference's folder to pair with")
     t.add_argument("--no-write", action="store_true")
     t.add_argument("--no-plot", action="store_true", help="do not redraw docs/images/calibration_matrix.png")
     args = p.parse_args()

@@ -9,7 +9,8 @@ matplotlib and PyYAML (the reference imports them), best in a virtual environmen
     refenv/bin/python benchmarks/reference_cosdd.py --ref-dir /path/to/COSDD --cells nuclei2d_camera moon_x
 
 Its `small` model (6 levels, 64 features, 3 Gaussians) trains as its training script would, with these
-differences for a CPU and an equal budget: Lightning on the CPU in fp32, no activation checkpointing,
+differences for a CPU and an equal budget: Lightning on the CPU in fp32 (on a GPU, `--device cuda`, in
+bf16-mixed as its example config has it), no activation checkpointing,
 gradient accumulation 1 (so it makes as many updates as it manages), 64-px crops and batch 4 (as ours),
 and the time limit of the cell. Its early stopping (50 epochs) and plateau rule (25 epochs) stay as they
 are. The orientation is the true one of the noise. Like the reference, it keeps the last weights.
@@ -57,7 +58,7 @@ def _import_reference(ref_dir: str):
     return get_models, BenchHub, ref_utils
 
 
-def run_cell(ref_dir: str, cell: R.Cell, minutes: float, threads: int, seed: int) -> dict:
+def run_cell(ref_dir: str, cell: R.Cell, minutes: float, threads: int, seed: int, device: str = "cpu") -> dict:
     import pytorch_lightning as pl
     from pytorch_lightning.callbacks import EarlyStopping
 
@@ -79,9 +80,13 @@ def run_cell(ref_dir: str, cell: R.Cell, minutes: float, threads: int, seed: int
     std = low_snr.std([0, 2, 3], keepdim=True)
     hub = BenchHub(vae=lvae, ar_decoder=ar_decoder, s_decoder=s_decoder, direct_denoiser=direct_denoiser,
                    data_mean=mean, data_std=std, n_grad_batches=1, checkpointed=False)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1000, max_time={"minutes": minutes},
+    on_gpu = device.startswith("cuda")
+    trainer = pl.Trainer(accelerator="gpu" if on_gpu else "cpu",
+                         devices=[torch.device(device).index or 0] if on_gpu else 1,
+                         max_epochs=1000, max_time={"minutes": minutes},
                          callbacks=[EarlyStopping(patience=50, monitor="elbo/val")], logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, precision="32-true",
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         precision="bf16-mixed" if on_gpu else "32-true",
                          enable_model_summary=False)
     t0 = time.perf_counter()
     trainer.fit(hub, datamodule=datamodule)
@@ -91,15 +96,17 @@ def run_cell(ref_dir: str, cell: R.Cell, minutes: float, threads: int, seed: int
               f"kl {entry.get('kl_div/val', float('nan')):.4f}  signal {entry.get('sd_loss/val', float('nan')):.4f}",
               flush=True)
 
-    hub.eval()
-    x = (torch.from_numpy(cell.noisy[:R.EVAL_FRAMES].astype(np.float32))[:, None] - mean) / std
+    dev = torch.device(device)
+    hub.to(dev).eval()
+    mean, std = mean.to(dev), std.to(dev)
+    x = ((torch.from_numpy(cell.noisy[:R.EVAL_FRAMES].astype(np.float32))[:, None] - mean.cpu()) / std.cpu()).to(dev)
     with torch.no_grad():
         torch.manual_seed(1)
         samples = []
         for _ in range(20):
             samples.append(hub.s_decoder(hub.vae(x)["s_code"]) * std + mean)
-        samples = torch.stack(samples)[:, :, 0].numpy()
-        direct = (hub.direct_denoiser(x) * std + mean)[:, 0].numpy()
+        samples = torch.stack(samples)[:, :, 0].cpu().numpy()
+        direct = (hub.direct_denoiser(x) * std + mean)[:, 0].cpu().numpy()
         # KL per level on 64-px crops (the reference's top prior has the training crop's size).
         crops = x[..., :64, :64]
         out = hub.vae(crops)
@@ -118,7 +125,9 @@ def run_cell(ref_dir: str, cell: R.Cell, minutes: float, threads: int, seed: int
         "seconds": round(seconds, 1),
         "orientation": orientation,
         "settings": {"model": "small: 6 levels, 64 features, 3 Gaussians", "crop": 64, "batch": 4,
-                     "grad_batches": 1, "optimizer": "Adamax (reference default lr)", "precision": "fp32",
+                     "grad_batches": 1, "optimizer": "Adamax (reference default lr)",
+                     "precision": "bf16-mixed" if on_gpu else "fp32",
+                     "device": torch.cuda.get_device_name(dev) if on_gpu else "cpu",
                      "minutes": minutes, "threads": threads, "seed": seed},
         "val_log": getattr(hub, "val_log", []),
     }
@@ -138,6 +147,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--rerun", action="store_true", help="run cells that already have a result")
+    p.add_argument("--device", default="cpu", help="cpu (the matrix's judge), cuda or cuda:N")
     p.add_argument("--tag", default="reference",
                    help="folder under benchmarks/results (default: reference; another keeps short runs apart)")
     args = p.parse_args()
@@ -147,7 +157,7 @@ def main() -> None:
             continue
         cell = R.make_cell(image, noise)
         print(f"{cell.name}: reference small, {args.minutes:g} min", flush=True)
-        result = run_cell(args.ref_dir, cell, args.minutes, args.threads, args.seed)
+        result = run_cell(args.ref_dir, cell, args.minutes, args.threads, args.seed, args.device)
         path = R.write_result(args.tag, cell, result)
         print(f"{cell.name}: " + "  ".join(f"{k} {v:.2f}" for k, v in result["psnr"].items())
               + f"  steps {result['steps']}  -> {path}", flush=True)

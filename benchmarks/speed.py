@@ -164,6 +164,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--crop", type=int, default=64)
     p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--largest-start", type=int, default=None, help="first batch of the largest-batch search (GPU)")
     p.add_argument("--infer-preset", default="small")
     p.add_argument("--infer-size", type=int, default=1024)
     p.add_argument("--big", type=int, default=2048, help="side of the image for the memory-bounded direct run")
@@ -196,7 +197,7 @@ def main() -> None:
             print("train", json.dumps(r), flush=True)
     if args.device.startswith("cuda"):
         for preset in args.presets:
-            batch = args.batch
+            batch = args.largest_start or args.batch
             best = None
             while batch <= 4096:
                 r = _child("train_speed", dict(preset=preset, steps=3, threads=args.threads, device=args.device,
