@@ -616,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=_setting_help("ModelConfig", "orientation") + " auto (the default) picks it from the "
                         "noise autocorrelation.")
     t.add_argument("--preset", default=None, help="network size: tiny, cpu, small, default, large "
-                                                    "(default: cpu on a CPU, large on a GPU)")
+                                                    "(default: cpu, on a CPU and on a GPU)")
     t.add_argument("--spatial-dims", type=int, choices=[2, 3], default=None,
                    help=_setting_help("ModelConfig", "spatial_dims") + " Default 2, or 3 with --orientation z.")
     t.add_argument("--minutes", type=float, default=None, help=_setting_help("TrainConfig", "max_minutes"))
