@@ -139,14 +139,15 @@ def _cpu_copy(value):
 
 
 def scalar_losses(losses: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Losses as plain floats; the per-level KL becomes kl_0 (finest level), kl_1, ..."""
-    out = {}
+    """Losses as plain floats; the per-level KL becomes kl_0 (finest level), kl_1, ... All of them come
+    off the device in one copy: on a GPU each separate read would wait for the device again."""
+    names, parts = [], []
     for k, v in losses.items():
-        if k == "kl_levels":
-            out.update({f"kl_{i}": float(x) for i, x in enumerate(v.detach().float().cpu())})
-        else:
-            out[k] = float(v.detach())
-    return out
+        flat = v.detach().float().reshape(-1)
+        names += [f"kl_{i}" for i in range(flat.numel())] if k == "kl_levels" else [k]
+        parts.append(flat)
+    values = torch.cat(parts).cpu().tolist() if parts else []
+    return dict(zip(names, values))
 
 
 def _seed_everything(seed: int | None) -> None:
@@ -485,14 +486,14 @@ class Trainer:
         total = sum(losses[k] for k in ("elbo", "signal", "direct") if k in losses)
         for o in run.optimisers.values():
             o.zero_grad(set_to_none=True)
-        ok = bool(torch.isfinite(total))
-        if self.dist is not None:  # backward runs on every process or on none
+        # Backward and clipping run whatever the loss, so that the step asks the device once whether
+        # all was finite (on a GPU every such question waits for the kernels queued before it), and so
+        # that every process of a distributed run takes part in the same gradient exchange.
+        total.backward()
+        norms = [torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) for params in run.groups.values()]
+        ok = bool(torch.stack([torch.isfinite(total), *(torch.isfinite(n) for n in norms)]).all())
+        if self.dist is not None:  # a step is taken on every process or on none
             ok = not self.dist.any(not ok)[0]
-        if ok:
-            total.backward()
-            for params in run.groups.values():
-                norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                ok = ok and bool(torch.isfinite(norm))
         run.step += 1
         if not ok:
             run.skipped += 1
