@@ -86,12 +86,6 @@ def cmd_recalibrate(args) -> None:
               f"{c['floor_fit']['ence_after']:.2f}  ({os.path.relpath(path)})")
 
 
-def _device_name(device: str) -> str:
-    if device.startswith("cuda"):
-        return f"{device}: {torch.cuda.get_device_name(torch.device(device))}"
-    return device
-
-
 def run_cell(cell: R.Cell, args) -> dict:
     orientation = noise_autocorrelation(cell.noisy, "SYX").orientation
     settings = dict(max_minutes=args.minutes, max_steps=args.steps, threads=args.threads, device=args.device,
@@ -111,9 +105,8 @@ def run_cell(cell: R.Cell, args) -> dict:
             messages.append(ev.message)
             print(f"  {ev.kind}: {ev.message}", flush=True)
     seconds = time.perf_counter() - t0
-    model = trainer.model.to(args.device)  # fit hands it back on the CPU; validate where it trained
+    model = trainer.model
     val = trainer.validate()
-    model.to("cpu")
     model.eval()
     x, clean = cell.noisy[:R.EVAL_FRAMES], cell.clean[:R.EVAL_FRAMES]
     direct_result = denoise(model, x, "SYX", method="direct", device=args.device)
@@ -138,7 +131,7 @@ def run_cell(cell: R.Cell, args) -> dict:
         "seconds": round(seconds, 1),
         "orientation": orientation,
         "messages": messages,
-        "settings": {"preset": args.preset or "default for the device", "device": _device_name(args.device),
+        "settings": {"preset": args.preset or "default for the device", "device": R.device_name(args.device),
                      "model": model.config.to_dict(),
                      "train": cfg.to_dict()},
     }

@@ -142,6 +142,15 @@ def make_cell(image: str, noise: str, seed: int = 0) -> Cell:
     return Cell(image, noise, noisy, (OFFSET + gain * clean).astype(np.float32))
 
 
+def device_name(device: str) -> str:
+    """The device a result was measured on, as its file records it ("cuda:0: NVIDIA H200", "cpu")."""
+    if device.startswith("cuda"):
+        import torch
+
+        return f"{device}: {torch.cuda.get_device_name(torch.device(device))}"
+    return device
+
+
 def psnr_frames(clean: np.ndarray, estimate: np.ndarray) -> float:
     """Mean over frames of the PSNR, each with its clean frame's range."""
     return float(np.mean([S.psnr(c, e) for c, e in zip(clean, estimate)]))

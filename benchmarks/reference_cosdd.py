@@ -99,7 +99,7 @@ def run_cell(ref_dir: str, cell: R.Cell, minutes: float, threads: int, seed: int
     dev = torch.device(device)
     hub.to(dev).eval()
     mean, std = mean.to(dev), std.to(dev)
-    x = ((torch.from_numpy(cell.noisy[:R.EVAL_FRAMES].astype(np.float32))[:, None] - mean.cpu()) / std.cpu()).to(dev)
+    x = (torch.from_numpy(cell.noisy[:R.EVAL_FRAMES].astype(np.float32))[:, None].to(dev) - mean) / std
     with torch.no_grad():
         torch.manual_seed(1)
         samples = []
@@ -127,7 +127,7 @@ def run_cell(ref_dir: str, cell: R.Cell, minutes: float, threads: int, seed: int
         "settings": {"model": "small: 6 levels, 64 features, 3 Gaussians", "crop": 64, "batch": 4,
                      "grad_batches": 1, "optimizer": "Adamax (reference default lr)",
                      "precision": "bf16-mixed" if on_gpu else "fp32",
-                     "device": torch.cuda.get_device_name(dev) if on_gpu else "cpu",
+                     "device": R.device_name(device),
                      "minutes": minutes, "threads": threads, "seed": seed},
         "val_log": getattr(hub, "val_log", []),
     }
