@@ -103,7 +103,7 @@ def train_speed(preset: str, steps: int, threads: int, device: str, bf16: bool, 
 
 
 def infer_speed(preset: str, size: int, threads: int, device: str, method: str, tile: int | None,
-                samples: int) -> dict:
+                samples: int, repeats: int = 1) -> dict:
     import torch
 
     from napari_cosdd.engine.config import model_config_from_preset
@@ -116,10 +116,14 @@ def infer_speed(preset: str, size: int, threads: int, device: str, method: str, 
     model = COSDD(model_config_from_preset(preset, 64)).eval()
     image = add_stripes_noise(clean_image((size, size), seed=1), seed=2)
     base_rss = _peak_rss_mib()
-    t = time.perf_counter()
-    res = denoise(model, image, "YX", method=method, n_samples=samples, variance=(method == "sample"),
-                  tile=tile, device=device)
-    seconds = time.perf_counter() - t
+    denoise(model, image[:64, :64], "YX", method=method, n_samples=1, device=device)  # warm-up
+    times = []
+    for _ in range(repeats):  # the fastest of `repeats`: the host's load only ever adds time
+        t = time.perf_counter()
+        res = denoise(model, image, "YX", method=method, n_samples=samples, variance=(method == "sample"),
+                      tile=tile, device=device)
+        times.append(time.perf_counter() - t)
+    seconds = min(times)
     mpx = size * size / 1e6
     per = seconds / mpx / (samples if method == "sample" else 1)
     return {"preset": preset, "method": method, "size": size, "tile": res.info["tile"],
@@ -156,6 +160,15 @@ def _child(kind: str, kwargs: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _inference_rows(args) -> None:
+    for size in args.infer_size:
+        for method, samples in (("direct", 1), ("sample", args.infer_samples)):
+            r = _child("infer_speed", dict(preset=args.infer_preset, size=size, threads=args.threads,
+                                           device=args.device, method=method, tile=None, samples=samples,
+                                           repeats=args.infer_repeats))
+            print("infer", json.dumps(r), flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--presets", nargs="*", default=["tiny", "small", "default", "large"])
@@ -166,7 +179,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--largest-start", type=int, default=None, help="first batch of the largest-batch search (GPU)")
     p.add_argument("--infer-preset", default="small")
-    p.add_argument("--infer-size", type=int, default=1024)
+    p.add_argument("--infer-size", type=int, nargs="+", default=[1024],
+                   help="sides of the square images for the direct and sampled inference rows")
+    p.add_argument("--infer-samples", type=int, default=4, help="posterior samples in the sampled rows")
+    p.add_argument("--infer-repeats", type=int, default=3, help="inference rows keep the fastest of this many runs")
+    p.add_argument("--inference-only", action="store_true",
+                   help="only the direct and sampled inference rows (no training, autocorrelation or big image)")
     p.add_argument("--big", type=int, default=2048, help="side of the image for the memory-bounded direct run")
     p.add_argument("--skip-inference", action="store_true")
     p.add_argument("--autocorr-only", action="store_true", help="only the autocorrelation timing")
@@ -176,6 +194,10 @@ def main() -> None:
 
     print(f"# machine: {platform.processor() or platform.machine()}, {args.threads} threads, device {args.device}")
     print(f"# calibration: conv3x3 64->64 4x64x64 fwd+bwd {calibration(args.threads) * 1e3:.1f} ms")
+    if args.inference_only:
+        _inference_rows(args)
+        print(f"# calibration after: {calibration(args.threads) * 1e3:.1f} ms")
+        return
     print("autocorr", json.dumps(_child("autocorr_speed", dict(size=args.big))), flush=True)
     if args.autocorr_only:
         return
@@ -208,10 +230,7 @@ def main() -> None:
                 batch *= 2
             print("largest-batch", json.dumps(best), flush=True)
     if not args.skip_inference:
-        for method, samples in (("direct", 1), ("sample", 4)):
-            r = _child("infer_speed", dict(preset=args.infer_preset, size=args.infer_size, threads=args.threads,
-                                           device=args.device, method=method, tile=None, samples=samples))
-            print("infer", json.dumps(r), flush=True)
+        _inference_rows(args)
         for tile in (None, 256):
             r = _child("infer_speed", dict(preset=args.infer_preset, size=args.big, threads=args.threads,
                                            device=args.device, method="direct", tile=tile, samples=1))

@@ -1,5 +1,7 @@
 """Denoising: direct and sampled outputs, statistics, tiling with blending, stacks, noise generation."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -54,13 +56,15 @@ def test_tiled_and_untiled_direct_outputs_agree_without_seams(tiny_model):
 
     img = add_stripes_noise(clean_image((200, 300), seed=4), seed=5)
     whole = I.denoise(tiny_model, img, "YX", device="cpu", tile=512).direct
-    tiled = I.denoise(tiny_model, img, "YX", device="cpu", tile=96, overlap=32).direct
+    res = I.denoise(tiny_model, img, "YX", device="cpu", tile=96, overlap=32)
+    tiled, side = res.direct, res.info["tile"][1]
     span = img.max() - img.min()
     assert np.abs(tiled - whole).max() < 0.02 * span
     assert np.abs(tiled - whole).mean() < 0.005 * span
     jumps = np.abs(np.diff(tiled, axis=1)).mean(0)
-    starts = I.tile_starts(300, 96, 32)
-    borders = [s - 1 for s in starts[1:]] + [s + 96 - 1 for s in starts[:-1]]
+    starts = I.tile_starts(300, side, 32)
+    assert len(starts) > 1
+    borders = [s - 1 for s in starts[1:]] + [s + side - 1 for s in starts[:-1]]
     assert jumps[borders].mean() < 1.5 * np.median(jumps)
 
 
@@ -69,6 +73,43 @@ def test_tile_layout_covers_every_pixel_with_positive_weight():
     for slices, w in I._tiles((130, 70), (64, 32), (16, 8)):
         weight[slices] += w
     assert weight.min() > 0.05
+
+
+@pytest.mark.parametrize("multiple", [1, 8, 16])
+def test_balanced_tiles_keep_the_count_and_overlap_and_compute_less(multiple):
+    for length in range(40, 1300, 7):
+        for tile, overlap in ((256, 32), (96, 16), (64, 8)):
+            if length <= tile:
+                assert I.balanced_tile(length, tile, overlap, multiple) == length
+                continue
+            side = I.balanced_tile(length, tile, overlap, multiple)
+            assert side <= tile and (side % multiple == 0 or side == tile)
+            old, new = I.tile_starts(length, tile, overlap), I.tile_starts(length, side, overlap)
+            assert len(new) == len(old), (length, tile, side)
+            assert new[0] == 0 and new[-1] + side == length
+            assert all(b - a <= side - overlap for a, b in zip(new, new[1:])), "overlap kept"
+            assert len(new) * side <= len(old) * tile
+    # the case that motivated it: 512 px frames in 256 px tiles overlapping by 32
+    assert I.balanced_tile(512, 256, 32, 16) == 192
+
+
+def test_samples_share_one_bottom_up_pass_per_tile(tiny_model, stripes_small, monkeypatch):
+    """Sampling encodes each tile once and draws every sample from it: the same samples, seed for seed,
+    as drawing each from the image afresh, for a fraction of the work."""
+    img = stripes_small[0][0]
+    calls = []
+    encoder = tiny_model.vae.encoder
+    real = type(encoder).forward
+    monkeypatch.setattr(type(encoder), "forward", lambda self, *a: calls.append(1) or real(self, *a))
+    out = I.denoise(tiny_model, img, "YX", method="sample", n_samples=5, keep_samples=True, device="cpu",
+                    seed=7, tile=512)
+    assert len(calls) == 1 and out.info["tiles"] == 1
+    model = copy.deepcopy(tiny_model).eval()
+    g = torch.Generator().manual_seed(7)
+    x = (torch.from_numpy(img)[None, None].float() - model.data_mean) / model.data_std
+    with torch.no_grad():
+        fresh = [model.posterior_sample(x, 1, g)[0, 0] * model.data_std + model.data_mean for _ in range(5)]
+    assert np.allclose(out.samples, torch.stack(fresh).numpy(), atol=1e-4)
 
 
 def test_2d_model_runs_a_stack_plane_by_plane(tiny_model, stripes_small):

@@ -30,6 +30,7 @@ EXIT_UNEXPECTED = 3
 # Fields that have their own flags or are set from the data.
 TRAIN_OWN_FLAGS = {"max_steps", "max_minutes", "seed", "device"}
 MODEL_FROM_DATA = {"in_channels", "spatial_dims", "orientation"}
+TILE_HELP = "largest tile side in pixels (default: from memory; the tiles are shrunk to share the image evenly)"
 
 
 class UsageError(Exception):
@@ -652,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--variance", action="store_true", help="also write the posterior variance and std")
     d.add_argument("--median", action="store_true", help="also write the pixel-wise posterior median")
     d.add_argument("--keep-samples", action="store_true", help="also write the samples (first axis)")
-    d.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: from memory)")
+    d.add_argument("--tile", type=int, default=None, help=TILE_HELP)
     d.add_argument("--device", default="auto")
     d.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True, help="bf16 on CUDA")
     d.add_argument("--seed", type=int, default=0)
@@ -672,7 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--match", choices=["affine", "none"], default="affine",
                    help="affine (default): map the reference's intensities onto the image's by a gain and "
                         "offset first (another exposure); none: take them as they are")
-    k.add_argument("--tile", type=int, default=None, help="tile side in pixels (default: from memory)")
+    k.add_argument("--tile", type=int, default=None, help=TILE_HELP)
     k.add_argument("--device", default="auto")
     k.add_argument("--seed", type=int, default=0)
 
