@@ -119,7 +119,7 @@ def measure(path: Path, mode: str, how: str, preset: str, threads: int, out: Pat
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
             "written_gb": round(written / 1e9, 3), "preset": preset, "threads": threads,
             "override": override, "rss_trace_gb": trace, "date": time.strftime("%Y-%m-%d"),
-            "machine": R.machine_name(platform)}
+            "machine": R.machine_name(platform), "commit": R._commit()}
 
 
 def run_one(args) -> None:
@@ -129,14 +129,14 @@ def run_one(args) -> None:
 
 def table(rows: list[dict]) -> str:
     lines = ["| input | frames | outputs | path | seconds | input Mpx/s | peak RSS (GB) | RSS at 10 % -> end of the "
-             "run (GB) | written (GB) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "run (GB) | written (GB) | commit |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         what = "direct" if r["mode"] == "direct" else "mean, variance, std of 20 samples"
         trace = r.get("rss_trace_gb") or [[0, float("nan")]]
         early = next((v for f, v in trace if f >= 0.1), trace[0][1])
         lines.append(f"| {r['input_gb']:.2f} GB | {r['frames']} | {what} | {r['how']} | {r['seconds']:.0f} | "
                      f"{r['mpx_per_s']:.3f} | {r['peak_rss_gb']:.2f} | {early:.2f} -> {trace[-1][1]:.2f} | "
-                     f"{r['written_gb']:.2f} |")
+                     f"{r['written_gb']:.2f} | {r.get('commit', 'before 23439b8')} |")
     return "\n".join(lines)
 
 
