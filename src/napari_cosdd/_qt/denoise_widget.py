@@ -104,6 +104,9 @@ class DenoiseWidget(QWidget):
         self.tile.setRange(0, 8192)
         self.tile.setSingleStep(64)
         self.tile.setSpecialValueText("automatic")
+        self.tile.setToolTip("Largest tile side in pixels. Automatic: from the free memory, at most 256 on a "
+                             "CPU. The tiles are shrunk to share the image evenly; a smaller tile needs less "
+                             "memory.")
         self.denoise_button = QPushButton("Denoise")
         self.denoise_button.clicked.connect(self.start)
         self.cancel_button = QPushButton("Cancel")
