@@ -182,7 +182,7 @@ def has_result(method: str, image: str, noise: str) -> bool:
     return os.path.exists(_result_path(method, image, noise))
 
 
-def _commit() -> str:
+def commit() -> str:
     import subprocess
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -223,7 +223,7 @@ def write_result(method: str, cell: Cell, result: dict) -> str:
 
     path = _result_path(method, cell.image, cell.noise)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    record = {"method": method, "image": cell.image, "noise": cell.noise, "commit": _commit(),
+    record = {"method": method, "image": cell.image, "noise": cell.noise, "commit": commit(),
               "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_name(platform),
               "torch": torch.__version__, **result}
     with open(path, "w") as f:
