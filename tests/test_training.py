@@ -85,9 +85,9 @@ def test_non_finite_losses_are_skipped_then_end_training_with_advice(stripes_sma
     real = trainer.model.losses
     calls = {"n": 0}
 
-    def poisoned(x):
+    def poisoned(x, direct=True):
         calls["n"] += 1
-        out = real(x)
+        out = real(x, direct)
         if calls["n"] in (2,) or calls["n"] >= 5:
             out["elbo"] = out["elbo"] * float("nan")
         return out
@@ -384,3 +384,28 @@ def test_only_the_direct_denoiser_keeps_averaged_weights(stripes_small):
     others = [k for k in plain if not k.startswith("direct_denoiser.")]
     assert others and all(torch.equal(plain[k], averaged[k]) for k in others)
     assert any(not torch.equal(plain[k], averaged[k]) for k in plain if k.startswith("direct_denoiser."))
+
+
+def test_direct_every_trains_the_direct_denoiser_on_every_kth_step_only(stripes_small):
+    """direct_every=3: the Direct Denoiser's weights move on steps 1 and 4 of 6, the VAE's on all."""
+    trainer = _trainer(stripes_small[0], max_steps=6, val_every=6, direct_average=0.0, direct_every=3)
+
+    def weights():
+        return ([p.detach().clone() for p in trainer.model.direct_denoiser.parameters()],
+                [p.detach().clone() for p in trainer.model.vae.parameters()])
+
+    def changed(a, b):
+        return any(not torch.equal(x, y) for x, y in zip(a, b))
+
+    before = weights()
+    moved = []
+    for event in trainer.fit():
+        if event.kind in ("step", "validation"):
+            now = weights()
+            moved.append((event.step, changed(before[0], now[0]), changed(before[1], now[1])))
+            before = now
+    assert [step for step, _, _ in moved] == list(range(1, 7))
+    assert [step for step, direct, _ in moved if direct] == [1, 4]
+    assert all(vae for _, _, vae in moved)
+    with pytest.raises(ValueError, match="direct_every"):
+        TrainConfig(direct_every=0)

@@ -182,6 +182,9 @@ class TrainConfig:
     grad_clip: float = setting(10.0, "Gradient norm clip.", low=0.0, high=1e6, step=1.0)
     direct_average: float = setting(0.99, "Decay of the moving average of the Direct Denoiser's weights that "
                                           "is kept (0 keeps the last weights).", low=0.0, high=0.9999, step=0.001)
+    direct_every: int = setting(1, "Train the Direct Denoiser on every k-th step only (1: every step). It is "
+                                   "about a third of a step's time; the other networks train on every step.",
+                                low=1, high=100)
     direct_lr_floor: float = setting(1.0, "The Direct Denoiser's learning rate never falls below this share of "
                                           "the initial one.", low=0.0, high=1.0, step=0.05)
     max_nonfinite: int = setting(20, "Non-finite losses in a row before training gives up.", low=1, high=100000)
@@ -226,6 +229,8 @@ class TrainConfig:
             raise ValueError("learning_rate must be positive")
         if not 0 <= self.direct_average < 1:
             raise ValueError("direct_average must be at least 0 and below 1 (0 keeps the last weights)")
+        if self.direct_every < 1:
+            raise ValueError("direct_every must be at least 1 (1 trains the Direct Denoiser on every step)")
         if not 0 <= self.direct_lr_floor <= 1:
             raise ValueError("direct_lr_floor must be between 0 and 1 (a share of learning_rate)")
         if self.collapse_kl < 0 or self.collapse_patience < 1 or self.collapse_restarts < 0:

@@ -95,8 +95,8 @@ class LossModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.model.losses(x)
+    def forward(self, x: torch.Tensor, direct: bool = True) -> dict[str, torch.Tensor]:
+        return self.model.losses(x, direct)
 
 
 def wrap(model: nn.Module, ctx: DistContext) -> nn.Module:

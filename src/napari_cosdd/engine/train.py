@@ -459,6 +459,8 @@ class Trainer:
                          "does better")
         else:
             optimisers, scheduler, average = self._optimisation(groups)
+        if cfg.direct_every > 1 and self.dist is not None:
+            notes.append("direct_every: a distributed run trains the Direct Denoiser on every step")
         if cfg.cpu_bf16 and self.device.type == "cpu" and not cpu_has_bf16():
             notes.append("cpu_bf16: this CPU has no bf16 instructions, so training stays in fp32")
         start = time.perf_counter()
@@ -485,8 +487,10 @@ class Trainer:
         a loss or a gradient was not finite (TrainingError after `max_nonfinite` in a row)."""
         cfg = self.cfg
         batch = self._to_device(self.sampler.batch(cfg.batch_size))
+        # DDP needs every parameter in every step, so a distributed run trains the Direct Denoiser always.
+        train_direct = self.dist is not None or run.step % cfg.direct_every == 0
         with autocast(self.device, cfg.bf16, cfg.cpu_bf16):
-            losses = run.compute_losses(batch)
+            losses = run.compute_losses(batch, train_direct)
         total = sum(losses[k] for k in ("elbo", "signal", "direct") if k in losses)
         for o in run.optimisers.values():
             o.zero_grad(set_to_none=True)
@@ -513,7 +517,7 @@ class Trainer:
         run.consecutive_bad = 0
         for o in run.optimisers.values():
             o.step()
-        if run.average is not None:
+        if run.average is not None and train_direct:
             run.average.update()
         for k, v in scalar_losses(losses).items():
             run.running[k] = v if k not in run.running else 0.9 * run.running[k] + 0.1 * v

@@ -60,13 +60,14 @@ class COSDD(nn.Module):
 
     # ------------------------------------------------------------ training
 
-    def losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, x: torch.Tensor, direct: bool = True) -> dict[str, torch.Tensor]:
         """All losses for a batch of normalised crops x (B, C, *spatial).
 
         elbo = KL per pixel + mean negative log-likelihood (nats per pixel); ``kl_levels`` is the KL of
         each level (finest first, detached) for watching the latents. The signal decoder and the
         Direct Denoiser see the code and the target with gradients stopped, so the three losses can be
-        summed and back-propagated once while each still updates only its own networks.
+        summed and back-propagated once while each still updates only its own networks. With
+        ``direct=False`` the Direct Denoiser is left out of this step (no "direct" loss).
         """
         code, kl_levels = self.vae(x)
         pixels = math.prod(x.shape[1:])
@@ -77,7 +78,7 @@ class COSDD(nn.Module):
         signal = self.signal_decoder(code.detach())
         out = {"elbo": kl + nll, "kl": kl, "nll": nll, "signal": F.mse_loss(signal.float(), x.float()),
                "kl_levels": kl_levels.detach()}
-        if self.direct_denoiser is not None:
+        if self.direct_denoiser is not None and direct:
             pred = self.direct_denoiser(x).float()
             target = signal.detach().float()
             if self.config.direct_loss == "l1":
