@@ -9,7 +9,7 @@ import torch
 from napari_cosdd.engine.config import TrainConfig
 from napari_cosdd.engine.inference import denoise
 from napari_cosdd.synthetic import excess_row_autocorrelation, make_dataset, psnr
-from napari_cosdd.engine.train import LOSS_NAMES, Trainer, TrainingError, WeightAverage
+from napari_cosdd.engine.train import LOSS_NAMES, Trainer, TrainingError, WeightAverage, anneal_factor
 
 
 def _trainer(data, **cfg):
@@ -409,3 +409,40 @@ def test_direct_every_trains_the_direct_denoiser_on_every_kth_step_only(stripes_
     assert all(vae for _, _, vae in moved)
     with pytest.raises(ValueError, match="direct_every"):
         TrainConfig(direct_every=0)
+
+
+def test_anneal_factor_holds_then_falls_linearly_to_its_end():
+    assert anneal_factor(0.5, 0.3, 0.05) == 1.0 and anneal_factor(0.7, 0.3, 0.05) == 1.0
+    assert anneal_factor(0.85, 0.3, 0.05) == pytest.approx(1 - 0.95 * 0.5)
+    assert anneal_factor(1.0, 0.3, 0.05) == pytest.approx(0.05)
+    assert anneal_factor(1.0, 0.0, 0.05) == 1.0  # share 0: no fall
+    with pytest.raises(ValueError, match="anneal_share"):
+        TrainConfig(anneal_share=1.5)
+    with pytest.raises(ValueError, match="anneal_parts"):
+        TrainConfig(anneal_parts="vae")
+
+
+@pytest.mark.parametrize("parts", ["all", "direct"])
+def test_the_rates_fall_over_the_budgets_last_share_and_a_continued_run_starts_unfallen(stripes_small, parts):
+    """10 steps, the last half falling to a tenth: the rate the steps used is the schedule's for steps 1-5,
+    then falls to a tenth at step 10, for every network (parts 'all') or the Direct Denoiser's only. The
+    saved optimiser state holds the schedule's rate, so a continued run does not start at the tenth."""
+    lr = TrainConfig().learning_rate
+    trainer = _trainer(stripes_small[0], max_steps=10, val_every=100, anneal_share=0.5, anneal_to=0.1,
+                       anneal_parts=parts)
+    used = {"elbo": [], "direct": []}
+    step = trainer._training_step
+
+    def recording_step(run):
+        ok = step(run)
+        for name in used:
+            used[name].append(run.optimisers[name].param_groups[0]["lr"])
+        return ok
+
+    trainer._training_step = recording_step
+    list(trainer.fit())
+    expected = [lr * anneal_factor(k / 10, 0.5, 0.1) for k in range(1, 11)]
+    assert used["direct"] == pytest.approx(expected) and used["direct"][-1] == pytest.approx(0.1 * lr)
+    assert used["elbo"] == pytest.approx(expected if parts == "all" else [lr] * 10)
+    saved = trainer.model.training_state["optimisers"]
+    assert all(group["lr"] == pytest.approx(lr) for o in saved.values() for group in o["param_groups"])

@@ -10,6 +10,7 @@ from typing import Any
 ORIENTATIONS = ("x", "y", "z", "none")
 DIRECT_LOSSES = ("mse", "l1")
 OPTIMIZERS = ("adam", "adamax")
+ANNEAL_PARTS = ("all", "direct")
 MERGES = ("block", "add")
 
 
@@ -187,6 +188,13 @@ class TrainConfig:
                                 low=1, high=100)
     direct_lr_floor: float = setting(1.0, "The Direct Denoiser's learning rate never falls below this share of "
                                           "the initial one.", low=0.0, high=1.0, step=0.05)
+    anneal_share: float = setting(0.0, "Share of the budget (steps or minutes, whichever ends first) at its end "
+                                       "over which the learning rates fall linearly to anneal_to of their "
+                                       "value (0: no fall).", low=0.0, high=1.0, step=0.05)
+    anneal_to: float = setting(0.05, "The rates at the end of that fall, as a share of the rates before it.",
+                               low=0.0, high=1.0, step=0.01)
+    anneal_parts: str = setting("all", "Which networks' rates fall at the end: all, or the Direct Denoiser's.",
+                                choices=ANNEAL_PARTS)
     max_nonfinite: int = setting(20, "Non-finite losses in a row before training gives up.", low=1, high=100000)
     collapse_kl: float = setting(2e-4, "Validation KL (nats per pixel) under which the latents count as "
                                        "collapsed (0: no collapse guard).", low=0.0, high=1.0, step=1e-5)
@@ -233,6 +241,11 @@ class TrainConfig:
             raise ValueError("direct_every must be at least 1 (1 trains the Direct Denoiser on every step)")
         if not 0 <= self.direct_lr_floor <= 1:
             raise ValueError("direct_lr_floor must be between 0 and 1 (a share of learning_rate)")
+        if not 0 <= self.anneal_share <= 1 or not 0 <= self.anneal_to <= 1:
+            raise ValueError("anneal_share and anneal_to must be between 0 and 1 (shares of the budget and "
+                             "of the learning rate)")
+        if self.anneal_parts not in ANNEAL_PARTS:
+            raise ValueError(f"anneal_parts must be one of {ANNEAL_PARTS}, got {self.anneal_parts!r}")
         if self.collapse_kl < 0 or self.collapse_patience < 1 or self.collapse_restarts < 0:
             raise ValueError("collapse_kl must be >= 0, collapse_patience >= 1 and collapse_restarts >= 0")
         if self.optimizer not in OPTIMIZERS:

@@ -35,9 +35,13 @@ class DistContext:
 
     def any(self, *flags: bool) -> list[bool]:
         """For each flag, whether it is set on any process (one all-reduce for all of them)."""
-        t = torch.tensor([float(f) for f in flags], device=self._comm_device)
+        return [bool(v) for v in self.max(*flags)]
+
+    def max(self, *values: float) -> list[float]:
+        """For each value, its largest over the processes (one all-reduce for all of them)."""
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._comm_device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return [bool(v) for v in t.tolist()]
+        return t.tolist()
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:
         """The average of each value over the processes (the same dict everywhere afterwards)."""

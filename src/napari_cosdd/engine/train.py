@@ -82,6 +82,14 @@ class CollapseGuard:
         return "stop"
 
 
+def anneal_factor(progress: float, share: float, final: float) -> float:
+    """The learning-rate multiplier at ``progress`` (the share of the budget spent, 0 to 1): 1 until the
+    budget's last ``share``, then falling linearly to ``final`` at its end."""
+    if share <= 0 or progress <= 1 - share:
+        return 1.0
+    return 1.0 - (1.0 - final) * min((progress - (1 - share)) / share, 1.0)
+
+
 def collapse_message(kl: float, step: int, restarts: int) -> str:
     tried = f" after {restarts} fresh start{'s' if restarts != 1 else ''} with another seed" if restarts else ""
     return (
@@ -465,6 +473,7 @@ class Trainer:
             notes.append("cpu_bf16: this CPU has no bf16 instructions, so training stays in fp32")
         start = time.perf_counter()
         return _Run(model=model, groups=groups, compute_losses=compute_losses, optimisers=optimisers,
+                    rates=self._rates(optimisers),
                     scheduler=scheduler, average=average, best_val=best_val, best_state=_snapshot(model, average),
                     guard=CollapseGuard(cfg.collapse_kl, cfg.collapse_patience, cfg.collapse_restarts),
                     start=start, deadline=start + cfg.max_minutes * 60 if cfg.max_minutes else None,
@@ -474,10 +483,15 @@ class Trainer:
         """The step budget or the time is spent, or a stop was asked (all processes agree)."""
         if self.cfg.max_steps is not None and run.step >= self.cfg.max_steps:
             return True
-        out_of_time = run.deadline is not None and time.perf_counter() >= run.deadline
+        now = time.perf_counter()
+        out_of_time = run.deadline is not None and now >= run.deadline
         stop_asked = self._stop.is_set()
-        if self.dist is not None:  # one process out of time or stopped: all stop together
-            out_of_time, stop_asked = self.dist.any(out_of_time, stop_asked)
+        time_done = (now - run.start) / (run.deadline - run.start) if run.deadline else 0.0
+        if self.dist is not None:  # one process out of time or stopped: all stop together (and agree on the
+            # share of the time spent, so that the final fall of the rates is the same everywhere)
+            out_of_time, stop_asked, time_done = self.dist.max(out_of_time, stop_asked, time_done)
+            out_of_time, stop_asked = bool(out_of_time), bool(stop_asked)
+        run.time_done = min(time_done, 1.0)
         if stop_asked and not out_of_time:
             run.finished_reason = "stopped on request"
         return out_of_time or stop_asked
@@ -486,6 +500,7 @@ class Trainer:
         """One optimisation step of every network on its own loss; False when it was skipped because
         a loss or a gradient was not finite (TrainingError after `max_nonfinite` in a row)."""
         cfg = self.cfg
+        self._fall_of_rates(run)
         batch = self._to_device(self.sampler.batch(cfg.batch_size))
         # DDP needs every parameter in every step, so a distributed run trains the Direct Denoiser always.
         train_direct = self.dist is not None or run.step % cfg.direct_every == 0
@@ -527,14 +542,42 @@ class Trainer:
         """Validate; keep the weights when they are the best so far; let the schedule see the ELBO."""
         run.last_val = self._agreed_validation(run.average)
         if schedule:
+            self._set_rates(run, 1.0)  # the plateau schedule sees and sets the rates before the final fall
             self._follow_schedule(run.scheduler, run.optimisers, run.last_val["elbo"],
                                   self.cfg.learning_rate * self.cfg.direct_lr_floor)
+            run.rates = self._rates(run.optimisers)
+            self._fall_of_rates(run)
         if run.last_val["elbo"] < run.best_val:
             run.best_val = run.last_val["elbo"]
             run.best_state = _snapshot(run.model, run.average)
             run.since_best = 0
         else:
             run.since_best += 1
+
+    @staticmethod
+    def _rates(optimisers: dict) -> dict[str, float]:
+        return {name: o.param_groups[0]["lr"] for name, o in optimisers.items()}
+
+    def _set_rates(self, run: "_Run", factor: float) -> None:
+        """Each optimiser's rate at ``factor`` times the schedule's (only the parts that anneal_parts names
+        are scaled; the others keep the schedule's rate)."""
+        for name, optimiser in run.optimisers.items():
+            scaled = self.cfg.anneal_parts == "all" or name == "direct"
+            for group in optimiser.param_groups:
+                group["lr"] = run.rates[name] * (factor if scaled else 1.0)
+
+    def _fall_of_rates(self, run: "_Run") -> None:
+        """Over the budget's last ``anneal_share`` the rates fall linearly to ``anneal_to`` of the
+        schedule's. At a constant rate the weights jitter from step to step (on a slow CPU the Direct
+        Denoiser's output moved by 2.5 dB between two runs that differed only in where they stopped);
+        the fall lets them settle before the budget ends."""
+        cfg = self.cfg
+        if cfg.anneal_share <= 0:
+            return
+        done = run.time_done
+        if cfg.max_steps:
+            done = max(done, (run.step + 1) / cfg.max_steps)  # the share spent once this step is taken
+        self._set_rates(run, anneal_factor(done, cfg.anneal_share, cfg.anneal_to))
 
     def _act_on_collapse(self, run: "_Run") -> str | None:
         """Let the collapse guard judge the last validation's KL: a restart from fresh weights (its
@@ -550,6 +593,7 @@ class Trainer:
         seed = (cfg.seed or 0) + 7 * run.guard.restarts_done
         self._reinitialise(seed)
         run.optimisers, run.scheduler, run.average = self._optimisation(run.groups)
+        run.rates = self._rates(run.optimisers)
         run.best_val, run.since_best = math.inf, 0
         run.best_state = _snapshot(run.model, run.average)
         return (f"The latents collapsed (KL {run.last_val['kl']:.5f} nats per pixel, under {cfg.collapse_kl:g}, "
@@ -560,6 +604,7 @@ class Trainer:
         """The best weights back in the model, the run in its history and training state, the model back
         where the caller had it. True when an old std calibration was removed (the weights changed)."""
         model = run.model
+        self._set_rates(run, 1.0)  # a continued run starts from the schedule's rates, not the fallen ones
         model.load_state_dict(run.best_state)
         model.eval()
         self.steps_done += run.step
@@ -606,6 +651,7 @@ class _Run:
     groups: dict
     compute_losses: object
     optimisers: dict
+    rates: dict  # each optimiser's rate as the plateau schedule set it, before the final fall
     scheduler: object
     average: WeightAverage | None
     best_val: float
@@ -620,6 +666,7 @@ class _Run:
     skipped: int = 0
     consecutive_bad: int = 0
     since_best: int = 0
+    time_done: float = 0.0  # the share of the time budget spent (0 without one), agreed between processes
     running: dict[str, float] = field(default_factory=dict)
     last_val: dict[str, float] | None = None
     finished_reason: str = "budget reached"
