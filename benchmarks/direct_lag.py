@@ -1,7 +1,8 @@
 """Does the Direct Denoiser lag behind the posterior when steps are scarce? One training, several answers.
 
     python benchmarks/direct_lag.py --cells moon_camera --minutes 10
-    python benchmarks/direct_lag.py --cells moon_camera --minutes 3 --train-override '{"direct_every": 2}'
+    python benchmarks/direct_lag.py --cells moon_camera --minutes 10 --tag anneal-all \
+        --train-override '{"anneal_share": 0.3, "anneal_to": 0.05, "anneal_parts": "all"}'
 
 On a slow CPU the default setup makes a few hundred steps in 10 minutes, and on moon camera its direct
 output fell 1 dB below its own mean of 20 posterior samples (docs/benchmarks.md). This script trains once
@@ -11,7 +12,11 @@ weights in several forms on the cell's first frames (PSNR against the clean fram
 - ``kept``: what the engine returns: the snapshot at the best validation ELBO, with the weight average;
 - ``last``: the Direct Denoiser's own weights at the final step, no average;
 - ``avg D``: a moving average of its weights with decay D, at the final step (D = 0.9, 0.95, 0.99);
-- ``avg share S``: a moving average whose horizon is a share S of the steps made so far.
+- ``avg share S``: a moving average whose horizon is a share S of the steps made so far;
+- ``... +bn``: the same weights with their batch-norm statistics measured afresh on 50 training batches.
+
+(The results tagged anneal-direct and anneal-all were made at commit f6daf1d, when this script had its
+own fall of the rates; the engine's ``anneal_share`` setting, added next, does the same.)
 
 It also prints the validation trace (step, ELBO, whether it was the best) and, with ``--mean20``, the mean
 of 20 samples at the kept snapshot for comparison. Results go to stdout and to
@@ -71,11 +76,7 @@ class _Averages:
 
 
 class ProbeTrainer(Trainer):
-    """The engine's trainer, with extra averages of the Direct Denoiser kept beside its own, and an
-    optional linear fall of the learning rates over the last share of the budget (``anneal``: share,
-    final factor, and which optimisers: "direct" or "all")."""
-
-    anneal: tuple[float, float, str] | None = None
+    """The engine's trainer, with extra averages of the Direct Denoiser kept beside its own."""
 
     def _begin(self):
         run = super()._begin()
@@ -83,27 +84,7 @@ class ProbeTrainer(Trainer):
         self.trace = []
         return run
 
-    def _progress(self, run) -> float:
-        done = []
-        if self.cfg.max_steps:
-            done.append(run.step / self.cfg.max_steps)
-        if run.deadline:
-            done.append((time.perf_counter() - run.start) / (run.deadline - run.start))
-        return min(max(done, default=0.0), 1.0)
-
-    def _annealed(self, run) -> list:
-        share, final, parts = self.anneal
-        names = ["direct"] if parts == "direct" else list(run.optimisers)
-        return [g for n in names if n in run.optimisers for g in run.optimisers[n].param_groups]
-
     def _training_step(self, run) -> bool:
-        if self.anneal:
-            share, final, _ = self.anneal
-            p = self._progress(run)
-            factor = 1.0 if p < 1 - share else 1.0 - (1.0 - final) * (p - (1 - share)) / share
-            for g in self._annealed(run):
-                g.setdefault("scheduled_lr", g["lr"])
-                g["lr"] = g["scheduled_lr"] * factor
         ok = super()._training_step(run)
         if ok and (run.step - 1) % self.cfg.direct_every == 0:
             self.probe.update()
@@ -112,12 +93,7 @@ class ProbeTrainer(Trainer):
     def _validate_and_keep_best(self, run, schedule: bool = True) -> None:
         before = run.best_val
         rates = {n: o.param_groups[0]["lr"] for n, o in run.optimisers.items()}  # as the last step used them
-        groups = self._annealed(run) if self.anneal else []
-        for g in groups:  # the plateau schedule sees and sets the rates before the fall
-            g["lr"] = g.pop("scheduled_lr", g["lr"])
         super()._validate_and_keep_best(run, schedule)
-        for g in groups:
-            g["scheduled_lr"] = g["lr"]
         self.trace.append({"step": run.step, "elbo": run.last_val["elbo"], "best": run.best_val < before,
                            "direct": run.last_val.get("direct"), "kl": run.last_val["kl"], "lr": rates})
 
@@ -176,9 +152,6 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--train-override", default="{}")
     ap.add_argument("--tag", default="default")
-    ap.add_argument("--anneal", nargs=3, metavar=("SHARE", "FINAL", "PARTS"),
-                    help="learning rates fall linearly to FINAL x over the budget's last SHARE (PARTS: direct "
-                         "or all)")
     ap.add_argument("--mean20", action="store_true", help="also score the mean of 20 samples (slow on a CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -189,9 +162,6 @@ def main() -> None:
                         seed=args.seed)
         settings.update(json.loads(args.train_override))
         trainer = ProbeTrainer(cell.noisy, "SYX", orientation=orientation, train_config=C.TrainConfig(**settings))
-        if args.anneal:
-            trainer.anneal = (float(args.anneal[0]), float(args.anneal[1]), args.anneal[2])
-            settings["anneal"] = args.anneal
         t0 = time.perf_counter()
         for _ in trainer.fit():
             pass
