@@ -188,9 +188,10 @@ class TrainConfig:
                                 low=1, high=100)
     direct_lr_floor: float = setting(1.0, "The Direct Denoiser's learning rate never falls below this share of "
                                           "the initial one.", low=0.0, high=1.0, step=0.05)
-    anneal_share: float = setting(0.0, "Share of the budget (steps or minutes, whichever ends first) at its end "
+    anneal_share: float = setting(0.3, "Share of the budget (steps or minutes, whichever ends first) at its end "
                                        "over which the learning rates fall linearly to anneal_to of their "
-                                       "value (0: no fall).", low=0.0, high=1.0, step=0.05)
+                                       "value (0: no fall, constant rates to the end).", low=0.0, high=1.0,
+                                  step=0.05)
     anneal_to: float = setting(0.05, "The rates at the end of that fall, as a share of the rates before it.",
                                low=0.0, high=1.0, step=0.01)
     anneal_parts: str = setting("all", "Which networks' rates fall at the end: all, or the Direct Denoiser's.",
