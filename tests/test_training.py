@@ -31,7 +31,10 @@ def test_events_carry_progress_and_every_loss(stripes_small):
     steps = [e for e in events if e.kind in ("step", "validation")]
     assert [e.step for e in steps] == list(range(1, 7))
     assert steps[-1].eta == pytest.approx(0.0, abs=1e-6) and steps[0].eta > 0
-    assert steps[-1].epoch > 0 and steps[-1].lr == pytest.approx(TrainConfig().learning_rate)
+    # The rates hold at first, then fall over the budget's last anneal_share to anneal_to of it.
+    cfg = TrainConfig()
+    assert steps[0].lr == pytest.approx(cfg.learning_rate)
+    assert steps[-1].epoch > 0 and steps[-1].lr == pytest.approx(cfg.learning_rate * cfg.anneal_to)
 
 
 def test_stop_request_ends_at_the_next_step_and_leaves_a_usable_model(stripes_small):
