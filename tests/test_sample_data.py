@@ -99,8 +99,8 @@ def test_pretrained_model_denoises_held_out_sample(layers):
     constant rates, 2051 steps in 8 min on a 2-core CPU): noisy 16.37 dB, direct 27.38 dB on the
     held-out stripes sample, a gain of 11.01 dB. The test asks for 8 dB: a broken or untrained model
     scores near 0, and the model shipped before it (6 levels, Adamax) scored 7.83 dB. A remake with
-    the script at the default of 2026-12-06 on a slower host made only 600 steps in the 8 minutes and
-    gained 8.73 dB, so the file was kept.
+    the script at the default of 2026-12-06 made 600 steps on a slow host (+8.73 dB) and 1527 on a
+    faster one (+10.82 dB), so the file was kept.
     """
     from napari_cosdd.engine.inference import denoise
     from napari_cosdd.engine.model_file import load_model
