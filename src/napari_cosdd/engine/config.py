@@ -169,8 +169,9 @@ class TrainConfig:
     optimizer: str = setting("adamax", "adamax (the reference's choice: kept the latents of smooth images alive "
                                        "where adam let them die) or adam.", choices=OPTIMIZERS)
     learning_rate: float = setting(2e-3, "Initial learning rate.", low=1e-7, high=1.0, step=1e-5)
-    lr_patience: int = setting(4, "Validations without improvement before the learning rate drops.",
-                               low=1, high=1000)
+    lr_patience: int = setting(0, "Validations without improvement before the learning rate drops (0: it "
+                                  "never drops on a plateau; the rates stay constant until the final fall, "
+                                  "see anneal_share).", low=0, high=1000)
     lr_factor: float = setting(0.1, "Factor applied to the learning rate on a plateau.", low=0.01, high=1.0,
                                step=0.05)
     min_lr: float = setting(1e-6, "Lowest learning rate.", low=0.0, high=1.0, step=1e-7)
@@ -209,8 +210,8 @@ class TrainConfig:
     bf16: bool = setting(False, "bf16 autocast on CUDA: less GPU memory; at batch 4 slower on an H200 "
                                 "(116 against 90 ms a step, small preset), as its casts are more kernels "
                                 "to launch. Worth it for big batches or models.")
-    cpu_bf16: bool = setting(False, "bf16 autocast on CPUs that have bf16 instructions (AVX-512 BF16, AMX); "
-                                    "fp32 on others.")
+    cpu_bf16: bool = setting(True, "bf16 autocast on CPUs that have bf16 instructions (AVX-512 BF16, AMX): "
+                                   "1.3-1.4x the steps a minute on an AVX-512 BF16 EPYC; fp32 on other CPUs.")
     channels_last: bool = setting(True, "Train 2-D models in channels-last memory layout (same arithmetic, "
                                         "faster on CPU).")
     checkpointing: bool = setting(False, "Activation checkpointing (less GPU memory, slower).")
@@ -247,6 +248,8 @@ class TrainConfig:
                              "of the learning rate)")
         if self.anneal_parts not in ANNEAL_PARTS:
             raise ValueError(f"anneal_parts must be one of {ANNEAL_PARTS}, got {self.anneal_parts!r}")
+        if self.lr_patience < 0:
+            raise ValueError("lr_patience must be at least 0 (0: the learning rate never drops on a plateau)")
         if self.collapse_kl < 0 or self.collapse_patience < 1 or self.collapse_restarts < 0:
             raise ValueError("collapse_kl must be >= 0, collapse_patience >= 1 and collapse_restarts >= 0")
         if self.optimizer not in OPTIMIZERS:

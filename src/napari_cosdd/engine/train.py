@@ -470,7 +470,7 @@ class Trainer:
         if cfg.direct_every > 1 and self.dist is not None:
             notes.append("direct_every: a distributed run trains the Direct Denoiser on every step")
         if cfg.cpu_bf16 and self.device.type == "cpu" and not cpu_has_bf16():
-            notes.append("cpu_bf16: this CPU has no bf16 instructions, so training stays in fp32")
+            notes.append("fp32 training: this CPU has no bf16 instructions (cpu_bf16 uses them where there are)")
         start = time.perf_counter()
         return _Run(model=model, groups=groups, compute_losses=compute_losses, optimisers=optimisers,
                     rates=self._rates(optimisers),
@@ -542,10 +542,11 @@ class Trainer:
         """Validate; keep the weights when they are the best so far; let the schedule see the ELBO."""
         run.last_val = self._agreed_validation(run.average)
         if schedule:
-            self._set_rates(run, 1.0)  # the plateau schedule sees and sets the rates before the final fall
-            self._follow_schedule(run.scheduler, run.optimisers, run.last_val["elbo"],
-                                  self.cfg.learning_rate * self.cfg.direct_lr_floor)
-            run.rates = self._rates(run.optimisers)
+            if self.cfg.lr_patience > 0:  # 0: no plateau rule, the rates stay as they are until the fall
+                self._set_rates(run, 1.0)  # the plateau schedule sees and sets the rates before the final fall
+                self._follow_schedule(run.scheduler, run.optimisers, run.last_val["elbo"],
+                                      self.cfg.learning_rate * self.cfg.direct_lr_floor)
+                run.rates = self._rates(run.optimisers)
             self._fall_of_rates(run)
         if run.last_val["elbo"] < run.best_val:
             run.best_val = run.last_val["elbo"]
