@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 
@@ -170,12 +172,15 @@ def test_calibrating_against_clean_images_improves_the_std_on_other_images(strip
     assert np.isfinite(scale) and scale > 0 and report.after[0].ence <= report.before[0].ence
     assert "ENCE" in report.message and report.calibration.pixels == 2 * 128 * 128
 
-    model = with_calibration(stripes_cpu_model, report.calibration.scales)
+    # What the Denoise widget and the CLI do: the whole fit (the scale and the floor) goes on the model.
+    model = copy.deepcopy(stripes_cpu_model)
+    model.calibration = report.calibration
     out = denoise(model, noisy[2:], "SYX", method="sample", n_samples=8, device="cpu", seed=5)
     raw = denoise(model, noisy[2:], "SYX", method="sample", n_samples=8, device="cpu", seed=5, calibrated=False)
     before = reliability(raw.std, raw.mean, clean[2:]).ence
     after = reliability(out.std, out.mean, clean[2:]).ence
-    assert after < before, (before, after, scale)
+    # Measured: 0.45-0.55 before, 0.11-0.15 after, for two training seeds, fp32 and bf16, two data seeds.
+    assert after < 0.6 * before, (before, after, report.calibration.describe())
 
 
 def test_a_background_region_or_a_reference_in_other_units_calibrates(tiny_model, stripes_small):
