@@ -179,7 +179,7 @@ def test_calibrating_against_clean_images_improves_the_std_on_other_images(strip
     raw = denoise(model, noisy[2:], "SYX", method="sample", n_samples=8, device="cpu", seed=5, calibrated=False)
     before = reliability(raw.std, raw.mean, clean[2:]).ence
     after = reliability(out.std, out.mean, clean[2:]).ence
-    # Measured: 0.45-0.55 before, 0.11-0.15 after, for two training seeds, fp32 and bf16, two data seeds.
+    # Measured: 0.45-0.57 before, 0.11-0.15 after, for two training seeds, fp32 and bf16, two data seeds.
     assert after < 0.6 * before, (before, after, report.calibration.describe())
 
 
