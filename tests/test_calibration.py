@@ -118,11 +118,13 @@ def test_bad_inputs_are_refused_plainly():
 # ---------------------------------------------------------------- with a model
 
 
-def with_calibration(model, scales):
-    import copy
-
+def with_calibration(model, calibration):
+    """A copy of the model carrying `calibration` (a Calibration, or the scales of one); the model itself is
+    left as it was."""
     twin = copy.deepcopy(model)
-    twin.calibration = Calibration(list(scales), fitted_on="a test")
+    if not isinstance(calibration, Calibration):
+        calibration = Calibration(list(calibration), fitted_on="a test")
+    twin.calibration = calibration
     return twin
 
 
@@ -173,8 +175,7 @@ def test_calibrating_against_clean_images_improves_the_std_on_other_images(strip
     assert "ENCE" in report.message and report.calibration.pixels == 2 * 128 * 128
 
     # What the Denoise widget and the CLI do: the whole fit (the scale and the floor) goes on the model.
-    model = copy.deepcopy(stripes_cpu_model)
-    model.calibration = report.calibration
+    model = with_calibration(stripes_cpu_model, report.calibration)
     out = denoise(model, noisy[2:], "SYX", method="sample", n_samples=8, device="cpu", seed=5)
     raw = denoise(model, noisy[2:], "SYX", method="sample", n_samples=8, device="cpu", seed=5, calibrated=False)
     before = reliability(raw.std, raw.mean, clean[2:]).ence
