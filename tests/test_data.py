@@ -120,6 +120,47 @@ def test_crop_sampler_has_no_flips_and_covers_images():
     assert np.all(np.diff(batch, axis=-1) == 1) and np.all(np.diff(batch, axis=-2) == 64)
 
 
+@pytest.mark.parametrize("orientation,dims,flips,swap", [
+    ("x", 2, (0,), False), ("y", 2, (1,), False), ("none", 2, (0, 1), True),
+    ("x", 3, (0, 1), False), ("y", 3, (0, 2), False), ("z", 3, (1, 2), False), ("none", 3, (0, 1, 2), True),
+])
+def test_noise_safe_flips_never_reverse_or_turn_a_noise_line(orientation, dims, flips, swap):
+    assert D.noise_safe_flips(orientation, dims) == (flips, swap)
+
+
+def _lines_along_x_intact(crop: np.ndarray) -> bool:
+    """For a crop of the arange image: each row still runs left to right, one step at a time."""
+    return bool(np.all(np.diff(crop, axis=-1) == 1))
+
+
+def test_flipped_crops_keep_row_noise_lines_and_flip_across_them():
+    img = np.arange(64 * 64, dtype=np.float32).reshape(1, 64, 64)
+    flips, swap = D.noise_safe_flips("x", 2)
+    batch = D.CropSampler([img], (16, 16), seed=0, flip_axes=flips, swap=swap).batch(64)
+    assert all(_lines_along_x_intact(c) for c in batch), "a row was reversed or turned into a column"
+    down = [bool(np.all(np.diff(c, axis=-2) == 64)) for c in batch]
+    assert 10 < sum(down) < 54, "rows come both in their order and upside down, about half each"
+
+
+def test_pixel_independent_noise_gets_all_eight_flips_and_swaps():
+    img = np.arange(64 * 64, dtype=np.float32).reshape(1, 64, 64)
+    flips, swap = D.noise_safe_flips("none", 2)
+    batch = D.CropSampler([img], (16, 16), seed=0, flip_axes=flips, swap=swap).batch(400)
+    # Which of the 8 symmetries made a crop shows in its two steps: along X and along Y.
+    seen = {(float(c[0, 0, 1] - c[0, 0, 0]), float(c[0, 1, 0] - c[0, 0, 0])) for c in batch}
+    assert seen == {(a, b) for a in (1, -1, 64, -64) for b in (1, -1, 64, -64) if abs(a) != abs(b)}
+
+
+def test_a_trainer_flips_crops_only_when_asked():
+    rng = np.random.default_rng(0)
+    img = rng.normal(size=(2, 64, 64)).astype(np.float32)
+    plain = Trainer(img, "SYX", preset="tiny", orientation="y", train_config=TrainConfig(max_steps=1))
+    flipping = Trainer(img, "SYX", preset="tiny", orientation="y",
+                       train_config=TrainConfig(max_steps=1, flip_crops=True))
+    assert (plain.sampler.flip_axes, plain.sampler.swap) == ((), False)
+    assert (flipping.sampler.flip_axes, flipping.sampler.swap) == ((1,), False)
+
+
 def test_normalisation_is_per_channel():
     rng = np.random.default_rng(0)
     imgs = [np.stack([rng.normal(5, 2, (32, 32)), rng.normal(-1, 0.5, (32, 32))]).astype(np.float32)]

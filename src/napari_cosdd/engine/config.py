@@ -220,6 +220,9 @@ class TrainConfig:
     max_train_gb: float = setting(1.0, "At most this much of the input (as float32, in GB) is loaded to train "
                                        "on; a larger input gives an evenly spread sample of its frames.",
                                   low=0.001, high=1024.0, step=0.5)
+    flip_crops: bool = setting(False, "Flip training crops at random, only in ways that keep the noise: across "
+                                      "the noise lines, and in every direction (with swaps of square crops) for "
+                                      "pixel-independent noise.")
     clip_outliers: tuple[float, float] | None = setting(
         None, "Clip each channel to these two percentiles before training, e.g. 0.1 99.9 (empty: no clipping).",
         kind=float, count=2, empty="no clipping")

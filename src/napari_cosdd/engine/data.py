@@ -412,23 +412,56 @@ def random_crop(img: np.ndarray, crop: tuple[int, ...], rng: np.random.Generator
     return img[index]
 
 
+def noise_safe_flips(orientation: str, spatial_dims: int) -> tuple[tuple[int, ...], bool]:
+    """Which spatial axes a training crop may be flipped along without changing its noise, and whether
+    its last two axes may be swapped.
+
+    A flip across the noise lines moves whole lines and keeps the order of the pixels in each, so the
+    correlation the autoregressive decoder models is untouched. A flip along the lines would reverse
+    that order (a camera's read-out smear would then trail the wrong way), and a swap would turn rows
+    into columns, so neither is allowed, except for pixel-independent noise ("none"), which every flip
+    and swap leaves as it is.
+    """
+    axes = tuple(range(spatial_dims))
+    if orientation == "none":
+        return axes, True
+    along = {"x": spatial_dims - 1, "y": spatial_dims - 2, "z": 0}[orientation]
+    return tuple(a for a in axes if a != along), False
+
+
 class CropSampler:
     """Random crops from the training images, drawn in the calling thread (no worker processes).
 
     Images are chosen in proportion to the number of crop positions they offer, so every pixel is
-    about equally likely to be seen. No flips or rotations: they would change the noise orientation.
+    about equally likely to be seen. Crops may be flipped at random along `flip_axes` (spatial axes)
+    and have their last two axes swapped (`swap`, square crops only); `noise_safe_flips` says which
+    keep the noise as it is. Nothing is flipped by default.
     """
 
-    def __init__(self, images: list[np.ndarray], crop: tuple[int, ...], seed: int | None) -> None:
+    def __init__(self, images: list[np.ndarray], crop: tuple[int, ...], seed: int | None,
+                 flip_axes: tuple[int, ...] = (), swap: bool = False) -> None:
         self.images = images
         self.crop = crop
         weights = np.array([_crop_positions(img.shape[1:], crop) for img in images], dtype=np.float64)
         self.p = weights / weights.sum()
         self.rng = np.random.default_rng(seed)
+        self.flip_axes = tuple(flip_axes)
+        self.swap = swap and len(crop) >= 2 and crop[-1] == crop[-2]
+
+    def _flipped(self, c: np.ndarray) -> np.ndarray:
+        for axis in self.flip_axes:
+            if self.rng.random() < 0.5:
+                c = np.flip(c, axis=1 + axis)
+        if self.swap and self.rng.random() < 0.5:
+            c = np.swapaxes(c, -1, -2)
+        return c
 
     def batch(self, size: int) -> np.ndarray:
         picks = self.rng.choice(len(self.images), size=size, p=self.p)
-        return np.stack([random_crop(self.images[i], self.crop, self.rng) for i in picks])
+        crops = [random_crop(self.images[i], self.crop, self.rng) for i in picks]
+        if self.flip_axes or self.swap:
+            crops = [self._flipped(c) for c in crops]
+        return np.stack(crops)
 
 
 def fixed_crops(images: list[np.ndarray], crop: tuple[int, ...], n: int, seed: int | None) -> np.ndarray:

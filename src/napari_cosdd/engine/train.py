@@ -255,7 +255,9 @@ class Trainer:
         sampler_seed = self.cfg.seed
         if self.dist is not None and sampler_seed is not None:
             sampler_seed += 1000 * self.dist.rank
-        self.sampler = D.CropSampler(self.train_images, crop, sampler_seed)
+        flips, swap = ((D.noise_safe_flips(self.model.config.orientation, self.model.config.spatial_dims))
+                       if self.cfg.flip_crops else ((), False))
+        self.sampler = D.CropSampler(self.train_images, crop, sampler_seed, flips, swap)
         self.val_crops = D.fixed_crops(val_images, crop, self.cfg.val_crops, self.cfg.seed)
         train_pixels = sum(i[0].size for i in self.train_images)
         processes = self.dist.world_size if self.dist is not None else 1
