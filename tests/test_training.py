@@ -447,6 +447,62 @@ def test_anneal_factor_holds_then_falls_linearly_to_its_end():
         TrainConfig(anneal_parts="vae")
 
 
+def test_anneal_factor_can_start_its_fall_early():
+    assert anneal_factor(0.2, 0.3, 0.05, start=0.2) == 1.0
+    assert anneal_factor(0.35, 0.3, 0.05, start=0.2) == pytest.approx(1 - 0.95 * 0.5)
+    assert anneal_factor(0.5, 0.3, 0.05, start=0.2) == pytest.approx(0.05)
+    assert anneal_factor(0.9, 0.3, 0.05, start=0.2) == pytest.approx(0.05)
+
+
+def _flat_validation(trainer):
+    """Every validation gives the same ELBO, so none after the first counts as an improvement."""
+    validate = trainer._agreed_validation
+
+    def flat(average=None):
+        return dict(validate(average), elbo=1.0)
+
+    trainer._agreed_validation = flat
+
+
+def test_early_stopping_before_the_fall_starts_the_fall_and_ends_after_it(stripes_small):
+    """A plateau at step 6 of 40 (patience 2, a validation every 2 steps) with a fall over the last 25 %:
+    the rates fall from step 7 over 10 steps to a tenth, the user is told, and the run ends at step 16,
+    not at 6 and not at the budget's 40."""
+    lr = TrainConfig().learning_rate
+    trainer = _trainer(stripes_small[0], max_steps=40, val_every=2, early_stopping_patience=2,
+                       anneal_share=0.25, anneal_to=0.1, collapse_kl=0.0)
+    _flat_validation(trainer)
+    used = []
+    step = trainer._training_step
+
+    def recording_step(run):
+        ok = step(run)
+        used.append(run.optimisers["elbo"].param_groups[0]["lr"])
+        return ok
+
+    trainer._training_step = recording_step
+    events = list(trainer.fit())
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert len(warnings) == 1 and "fall now" in warnings[0] and "step 6" in warnings[0]
+    assert trainer.steps_done == 16
+    assert used[:6] == pytest.approx([lr] * 6)
+    assert used[6:] == pytest.approx([lr * anneal_factor((k + 1) / 40, 0.25, 0.1, 6 / 40) for k in range(6, 16)])
+    assert used[-1] == pytest.approx(0.1 * lr)
+    assert "rates fell early" in events[-1].message
+    assert trainer.model.history[-1]["reason"] == events[-1].message
+
+
+def test_early_stopping_in_the_fall_or_without_one_ends_the_run(stripes_small):
+    for share, steps in ((0.0, 6), (0.9, 6)):  # no fall; a fall that began at step 4, before the plateau
+        trainer = _trainer(stripes_small[0], max_steps=40, val_every=2, early_stopping_patience=2,
+                           anneal_share=share, collapse_kl=0.0)
+        _flat_validation(trainer)
+        events = list(trainer.fit())
+        assert trainer.steps_done == steps
+        assert events[-1].message == "early stopping: validation ELBO stopped improving"
+        assert not [e for e in events if e.kind == "warning"]
+
+
 @pytest.mark.parametrize("parts", ["all", "direct"])
 def test_the_rates_fall_over_the_budgets_last_share_and_a_continued_run_starts_unfallen(stripes_small, parts):
     """10 steps, the last half falling to a tenth: the rate the steps used is the schedule's for steps 1-5,

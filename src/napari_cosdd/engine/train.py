@@ -82,12 +82,14 @@ class CollapseGuard:
         return "stop"
 
 
-def anneal_factor(progress: float, share: float, final: float) -> float:
+def anneal_factor(progress: float, share: float, final: float, start: float | None = None) -> float:
     """The learning-rate multiplier at ``progress`` (the share of the budget spent, 0 to 1): 1 until the
-    budget's last ``share``, then falling linearly to ``final`` at its end."""
-    if share <= 0 or progress <= 1 - share:
+    fall starts (by default at the budget's last ``share``; earlier when ``start`` is given), then
+    falling linearly to ``final`` over ``share`` of the budget."""
+    start = 1 - share if start is None else start
+    if share <= 0 or progress <= start:
         return 1.0
-    return 1.0 - (1.0 - final) * min((progress - (1 - share)) / share, 1.0)
+    return 1.0 - (1.0 - final) * min((progress - start) / share, 1.0)
 
 
 def collapse_message(kl: float, step: int, restarts: int) -> str:
@@ -428,7 +430,11 @@ class Trainer:
                 if restarted:
                     yield self._event(run, "warning", restarted)
                     continue
-                if run.since_best >= cfg.early_stopping_patience:
+                # An early fall runs to its end (a few validations), whatever they say.
+                if run.since_best >= cfg.early_stopping_patience and run.fall_start is None:
+                    if self._fall_can_start_now(run):
+                        yield self._event(run, "warning", self._start_fall_now(run))
+                        continue
                     run.finished_reason = "early stopping: validation ELBO stopped improving"
                     break
             if run.step % cfg.val_every != 0 and run.step > 0:
@@ -482,8 +488,13 @@ class Trainer:
                     home=home, flushed_before=flushed_before, notes=notes)
 
     def _run_is_over(self, run: "_Run") -> bool:
-        """The step budget or the time is spent, or a stop was asked (all processes agree)."""
+        """The step budget or the time is spent, an early fall of the rates has ended, or a stop was asked
+        (all processes agree)."""
         if self.cfg.max_steps is not None and run.step >= self.cfg.max_steps:
+            return True
+        if run.fall_start is not None and self._progress(run) >= run.fall_start + self.cfg.anneal_share:
+            run.finished_reason = ("early stopping: the validation ELBO stopped improving, so the rates fell "
+                                   "early and training ended after the fall")
             return True
         now = time.perf_counter()
         out_of_time = run.deadline is not None and now >= run.deadline
@@ -577,10 +588,29 @@ class Trainer:
         cfg = self.cfg
         if cfg.anneal_share <= 0:
             return
+        done = self._progress(run, ahead=1)  # the share spent once this step is taken
+        self._set_rates(run, anneal_factor(done, cfg.anneal_share, cfg.anneal_to, run.fall_start))
+
+    def _progress(self, run: "_Run", ahead: int = 0) -> float:
+        """The share of the budget spent, by whichever budget (time or steps) is further along."""
         done = run.time_done
-        if cfg.max_steps:
-            done = max(done, (run.step + 1) / cfg.max_steps)  # the share spent once this step is taken
-        self._set_rates(run, anneal_factor(done, cfg.anneal_share, cfg.anneal_to))
+        if self.cfg.max_steps:
+            done = max(done, (run.step + ahead) / self.cfg.max_steps)
+        return done
+
+    def _fall_can_start_now(self, run: "_Run") -> bool:
+        """Early stopping with a final fall still ahead: the fall is where a run's last gains come from
+        (on the matrix's moon x the validation ELBO stalled and the run ended at 424 s of 600, at the
+        constant rate, just before its fall; docs/benchmarks.md), so the fall starts now instead."""
+        share = self.cfg.anneal_share
+        return share > 0 and run.fall_start is None and self._progress(run) < 1 - share
+
+    def _start_fall_now(self, run: "_Run") -> str:
+        run.fall_start = self._progress(run)
+        run.since_best = 0
+        return (f"The validation ELBO has not improved for {self.cfg.early_stopping_patience} validations (step "
+                f"{run.step}): the learning rates fall now, over {self.cfg.anneal_share:.0%} of the budget, and "
+                "training ends after that fall, earlier than the budget.")
 
     def _act_on_collapse(self, run: "_Run") -> str | None:
         """Let the collapse guard judge the last validation's KL: a restart from fresh weights (its
@@ -637,6 +667,12 @@ class Trainer:
                 candidates.append(max(cfg.max_steps - run.step, 0) * elapsed / run.step)
             if run.deadline:
                 candidates.append(max(run.deadline - time.perf_counter(), 0.0))
+            if run.fall_start is not None:  # the run ends when the early fall has run its share of the budget
+                left = max(run.fall_start + cfg.anneal_share - self._progress(run), 0.0)
+                if run.deadline:
+                    candidates.append(left * (run.deadline - run.start))
+                if cfg.max_steps:
+                    candidates.append(left * cfg.max_steps * elapsed / run.step)
             eta = min(candidates) if candidates else None
         return TrainingEvent(
             kind=kind, step=run.step, total_steps=cfg.max_steps, epoch=run.step / self.steps_per_epoch,
@@ -670,6 +706,7 @@ class _Run:
     consecutive_bad: int = 0
     since_best: int = 0
     time_done: float = 0.0  # the share of the time budget spent (0 without one), agreed between processes
+    fall_start: float | None = None  # the share of the budget at which an early fall of the rates began
     running: dict[str, float] = field(default_factory=dict)
     last_val: dict[str, float] | None = None
     finished_reason: str = "budget reached"
