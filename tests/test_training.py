@@ -492,14 +492,16 @@ def test_early_stopping_before_the_fall_starts_the_fall_and_ends_after_it(stripe
     assert trainer.model.history[-1]["reason"] == events[-1].message
 
 
-def test_early_stopping_in_the_fall_or_without_one_ends_the_run(stripes_small):
-    for share, steps in ((0.0, 6), (0.9, 6)):  # no fall; a fall that began at step 4, before the plateau
+def test_early_stopping_waits_for_a_fall_under_way_and_ends_a_run_without_one(stripes_small):
+    # no fall: the plateau at step 6 ends the run; a fall from step 4 on: it runs to the budget's end
+    for share, steps, reason in ((0.0, 6, "early stopping: validation ELBO stopped improving"),
+                                 (0.9, 40, "budget reached")):
         trainer = _trainer(stripes_small[0], max_steps=40, val_every=2, early_stopping_patience=2,
                            anneal_share=share, collapse_kl=0.0)
         _flat_validation(trainer)
         events = list(trainer.fit())
         assert trainer.steps_done == steps
-        assert events[-1].message == "early stopping: validation ELBO stopped improving"
+        assert events[-1].message == reason
         assert not [e for e in events if e.kind == "warning"]
 
 

@@ -176,8 +176,8 @@ class TrainConfig:
                                step=0.05)
     min_lr: float = setting(1e-6, "Lowest learning rate.", low=0.0, high=1.0, step=1e-7)
     early_stopping_patience: int = setting(25, "Validations without improvement before training ends; "
-                                               "before the final fall (anneal_share), the fall starts then "
-                                               "instead, and training ends after it.", low=1, high=100000)
+                                               "with a final fall (anneal_share), the fall starts then "
+                                               "instead, and training ends after it (never during a fall).", low=1, high=100000)
     val_every: int = setting(50, "Steps between validations.", low=1, high=100000)
     val_fraction: float = setting(0.1, "Share of the data held out for validation.", low=0.01, high=0.9,
                                   step=0.05)
