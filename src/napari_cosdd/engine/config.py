@@ -177,7 +177,8 @@ class TrainConfig:
     min_lr: float = setting(1e-6, "Lowest learning rate.", low=0.0, high=1.0, step=1e-7)
     early_stopping_patience: int = setting(25, "Validations without improvement before training ends; "
                                                "with a final fall (anneal_share), the fall starts then "
-                                               "instead, and training ends after it (never during a fall).", low=1, high=100000)
+                                               "instead, and training ends after it (never during a fall).",
+                                           low=1, high=100000)
     val_every: int = setting(50, "Steps between validations.", low=1, high=100000)
     val_fraction: float = setting(0.1, "Share of the data held out for validation.", low=0.01, high=0.9,
                                   step=0.05)
@@ -222,8 +223,8 @@ class TrainConfig:
                                        "on; a larger input gives an evenly spread sample of its frames.",
                                   low=0.001, high=1024.0, step=0.5)
     flip_crops: bool = setting(False, "Flip training crops at random, only in ways that keep the noise: across "
-                                      "the noise lines, and in every direction (with swaps of square crops) for "
-                                      "pixel-independent noise.")
+                                      "the noise lines, and in every direction (with swaps of square crops) when "
+                                      "the noise is independent from pixel to pixel.")
     clip_outliers: tuple[float, float] | None = setting(
         None, "Clip each channel to these two percentiles before training, e.g. 0.1 99.9 (empty: no clipping).",
         kind=float, count=2, empty="no clipping")
