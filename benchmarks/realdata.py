@@ -196,6 +196,11 @@ def commit() -> str:
     return rev + ("+uncommitted engine changes" if dirty else "")
 
 
+# Read once, when the benchmark process starts and imports this module: the code a run uses is the code
+# loaded then, whatever is edited or committed while its cells run.
+COMMIT_AT_START = commit()
+
+
 def machine_name(platform) -> str:
     """The processor's model name as well as its cores: step counts differ about 2.4x between the machines
     sessions get, so a cell pair is only comparable when both sides name the same one."""
@@ -223,7 +228,7 @@ def write_result(method: str, cell: Cell, result: dict) -> str:
 
     path = _result_path(method, cell.image, cell.noise)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    record = {"method": method, "image": cell.image, "noise": cell.noise, "commit": commit(),
+    record = {"method": method, "image": cell.image, "noise": cell.noise, "commit": COMMIT_AT_START,
               "date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine_name(platform),
               "torch": torch.__version__, **result}
     with open(path, "w") as f:
