@@ -257,7 +257,7 @@ class Trainer:
         sampler_seed = self.cfg.seed
         if self.dist is not None and sampler_seed is not None:
             sampler_seed += 1000 * self.dist.rank
-        flips, swap = ((D.noise_safe_flips(self.model.config.orientation, self.model.config.spatial_dims))
+        flips, swap = (D.noise_safe_flips(self.model.config.orientation, self.model.config.spatial_dims)
                        if self.cfg.flip_crops else ((), False))
         self.sampler = D.CropSampler(self.train_images, crop, sampler_seed, flips, swap)
         self.val_crops = D.fixed_crops(val_images, crop, self.cfg.val_crops, self.cfg.seed)
@@ -432,7 +432,7 @@ class Trainer:
                     continue
                 # Once the rates fall (at the budget's end or early), the fall runs to its end.
                 if run.since_best >= cfg.early_stopping_patience and not self._falling(run):
-                    if self._fall_can_start_now(run):
+                    if cfg.anneal_share > 0:  # the fall is still ahead: it starts now instead
                         yield self._event(run, "warning", self._start_fall_now(run))
                         continue
                     run.finished_reason = "early stopping: validation ELBO stopped improving"
@@ -492,10 +492,6 @@ class Trainer:
         (all processes agree)."""
         if self.cfg.max_steps is not None and run.step >= self.cfg.max_steps:
             return True
-        if run.fall_start is not None and self._progress(run) >= run.fall_start + self.cfg.anneal_share:
-            run.finished_reason = ("early stopping: the validation ELBO stopped improving, so the rates fell "
-                                   "early and training ended after the fall")
-            return True
         now = time.perf_counter()
         out_of_time = run.deadline is not None and now >= run.deadline
         stop_asked = self._stop.is_set()
@@ -505,6 +501,11 @@ class Trainer:
             out_of_time, stop_asked, time_done = self.dist.max(out_of_time, stop_asked, time_done)
             out_of_time, stop_asked = bool(out_of_time), bool(stop_asked)
         run.time_done = min(time_done, 1.0)
+        if (not out_of_time and run.fall_start is not None
+                and self._progress(run) >= run.fall_start + self.cfg.anneal_share):
+            run.finished_reason = ("early stopping: the validation ELBO stopped improving, so the rates fell "
+                                   "early and training ended after the fall")
+            return True
         if stop_asked and not out_of_time:
             run.finished_reason = "stopped on request"
         return out_of_time or stop_asked
@@ -605,10 +606,6 @@ class Trainer:
         fall; docs/benchmarks.md)."""
         share = self.cfg.anneal_share
         return share > 0 and (run.fall_start is not None or self._progress(run) >= 1 - share)
-
-    def _fall_can_start_now(self, run: "_Run") -> bool:
-        """Early stopping with the final fall still ahead: the fall starts now instead of the run ending."""
-        return self.cfg.anneal_share > 0 and not self._falling(run)
 
     def _start_fall_now(self, run: "_Run") -> str:
         run.fall_start = self._progress(run)
