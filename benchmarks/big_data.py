@@ -119,7 +119,7 @@ def measure(path: Path, mode: str, how: str, preset: str, threads: int, out: Pat
             "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2, 3),
             "written_gb": round(written / 1e9, 3), "preset": preset, "threads": threads,
             "override": override, "rss_trace_gb": trace, "date": time.strftime("%Y-%m-%d"),
-            "machine": R.machine_name(platform), "commit": R.commit()}
+            "machine": R.machine_name(platform), "commit": R.COMMIT_AT_START}
 
 
 def run_one(args) -> None:
