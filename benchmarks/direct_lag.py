@@ -176,7 +176,8 @@ def main() -> None:
             scores["mean20 (kept)"] = R.psnr_frames(clean, denoise(
                 model, x, "SYX", method="sample", n_samples=20, variance=False, device=args.device, seed=2).mean)
         best = [t["step"] for t in trainer.trace if t["best"]]
-        record = {"cell": cell.name, "tag": args.tag, "commit": R.COMMIT_AT_START, "machine": R.device_name(args.device),
+        record = {"cell": cell.name, "tag": args.tag, "commit": R.COMMIT_AT_START,
+                  "machine": R.device_name(args.device),
                   "minutes": args.minutes, "steps": trainer.steps_done, "seconds": round(seconds, 1),
                   "best_step": best[-1] if best else None, "psnr_noisy": R.psnr_frames(clean, x.astype("float32")),
                   "psnr_direct": scores, "trace": trainer.trace, "settings": settings}
