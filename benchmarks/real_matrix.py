@@ -41,6 +41,7 @@ QUICK_MINUTES = 3.0
 BEGIN, END = "<!-- real-data matrix: begin -->", "<!-- real-data matrix: end -->"
 CAL_BEGIN, CAL_END = "<!-- calibration: begin -->", "<!-- calibration: end -->"
 PEER_BEGIN, PEER_END = "<!-- peers: begin -->", "<!-- peers: end -->"
+HELD_BEGIN, HELD_END = "<!-- held-out: begin -->", "<!-- held-out: end -->"
 # Trained models and the scored posterior arrays are kept outside the repository (tens of MB per cell), so
 # that a new uncertainty or output analysis can be run on a cell without training it again.
 CACHE = os.environ.get("COSDD_BENCH_CACHE", os.path.expanduser("~/.cache/napari-cosdd/bench"))
@@ -54,6 +55,8 @@ DEFAULT_TAG = "abl23-default"
 # The reference's folders, the first that has a cell wins: `ref23-reference` reran two cells on the kind of
 # host the default was measured on, `reference` is the matrix of 2026-12-02/03.
 REF_TAGS = ("ref23-reference", "reference")
+# The held-out images (realdata.HELD_OUT), measured with the default of DEFAULT_TAG and the reference.
+HELD_TAG, HELD_REF_TAGS = "heldout-default", ("heldout-reference",)
 CAL_PLOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs", "images", "calibration_matrix.png")
 
 
@@ -211,9 +214,10 @@ def load_first(tags: tuple[str, ...]) -> dict[tuple[str, str], tuple[str, dict]]
     return out
 
 
-def table(ours_tag: str = DEFAULT_TAG, ref_tags: tuple[str, ...] = REF_TAGS) -> str:
-    """The markdown table of every measured cell: ours beside the reference (from the first of
-    `ref_tags` that has the cell; a tag other than the last is named beside its steps). The margin that
+def table(ours_tag: str = DEFAULT_TAG, ref_tags: tuple[str, ...] = REF_TAGS,
+          images: tuple[str, ...] = R.IMAGES) -> str:
+    """The markdown table of every measured cell of `images`: ours beside the reference (from the first
+    of `ref_tags` that has the cell; a tag other than the last is named beside its steps). The margin that
     issue #11 sets is against the reference's best, the better of its mean of 20 and its direct."""
     ours, ref = R.load_results(ours_tag), load_first(ref_tags)
     lines = [
@@ -222,7 +226,7 @@ def table(ours_tag: str = DEFAULT_TAG, ref_tags: tuple[str, ...] = REF_TAGS) -> 
         "| direct - ref. best | mean20 - ref. mean20 | #11 targets | output check of our direct |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for image in R.IMAGES:
+    for image in images:
         for noise in R.NOISES:
             o = ours.get((image, noise))
             ref_tag, r = ref.get((image, noise), (None, None))
@@ -370,11 +374,14 @@ def cmd_table(args) -> None:
     peers = peers_table(args.tag, tuple(args.ref_tag))
     if peers:
         print(peers)
+    held = table(HELD_TAG, HELD_REF_TAGS, R.HELD_OUT)
+    print(held)
     if not args.no_write:
         R.write_into_docs(text, BEGIN, END)
         R.write_into_docs(cal, CAL_BEGIN, CAL_END)
         if peers:
             R.write_into_docs(peers, PEER_BEGIN, PEER_END)
+        R.write_into_docs(held, HELD_BEGIN, HELD_END)
         if not args.no_plot:
             written = calibration_plot(args.tag)
             if written:
