@@ -375,13 +375,16 @@ def cmd_table(args) -> None:
     if peers:
         print(peers)
     held = table(HELD_TAG, HELD_REF_TAGS, R.HELD_OUT)
-    print(held)
+    held = held if len(held.splitlines()) > 2 else None  # the header and its rule only: nothing measured yet
+    if held:
+        print(held)
     if not args.no_write:
         R.write_into_docs(text, BEGIN, END)
         R.write_into_docs(cal, CAL_BEGIN, CAL_END)
         if peers:
             R.write_into_docs(peers, PEER_BEGIN, PEER_END)
-        R.write_into_docs(held, HELD_BEGIN, HELD_END)
+        if held:
+            R.write_into_docs(held, HELD_BEGIN, HELD_END)
         if not args.no_plot:
             written = calibration_plot(args.tag)
             if written:
