@@ -15,6 +15,8 @@ import time
 import numpy as np
 import torch
 
+import realdata as R
+
 from napari_cosdd.engine import config as C
 from napari_cosdd.engine.inference import denoise
 from napari_cosdd.engine.model_file import load_model, save_model
@@ -88,7 +90,7 @@ def main() -> None:
         rows.append(("1 sample" if k == 1 else f"mean of {k}", res.mean))
     print(f"\n# {args.preset} {json.loads(args.override)} {cfg.optimizer} lr {cfg.learning_rate:g}  "
           f"steps {steps}  train {train_s:.0f}s  "
-          f"{train_s / max(steps, 1):.3f} s/step  machine {platform.processor() or platform.machine()}"
+          f"{train_s / max(steps, 1):.3f} s/step  machine {R.machine_name(platform)}"
           f" threads {args.threads}")
     base = None
     for name, est in rows:

@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+import realdata as R
+
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -192,7 +194,7 @@ def main() -> None:
                    help="training only, CPU: fp32 and bf16 autocast, each with and without channels-last")
     args = p.parse_args()
 
-    print(f"# machine: {platform.processor() or platform.machine()}, {args.threads} threads, device {args.device}")
+    print(f"# machine: {R.machine_name(platform)}, {args.threads} threads, device {args.device}")
     print(f"# calibration: conv3x3 64->64 4x64x64 fwd+bwd {calibration(args.threads) * 1e3:.1f} ms")
     if args.inference_only:
         _inference_rows(args)
