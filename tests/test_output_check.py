@@ -100,3 +100,20 @@ def test_shape_mismatch_is_refused(scene):
     clean, noisy, _ = scene
     with pytest.raises(ValueError, match="differ in shape"):
         check_output(noisy, clean[:, :, :50], "YX", "x")
+
+
+def test_one_wrong_frame_in_a_good_stack_is_named():
+    """A dark frame given a false offset (seen on a held-out image: one frame worse than its input while
+    the stack as a whole gained) is caught by judging each frame on its own, and the message names it."""
+    clean = smooth_field(6, 128, width=3.0, seed=5)[:, None]
+    noisy = clean + row_noise(clean.shape, 0.4, seed=6)
+    output = clean.copy()
+    output[2] += 0.5
+    assert mse(output[2], clean[2]) > mse(noisy[2], clean[2]), "frame 2 is worse than its input"
+    assert mse(output, clean) < 0.5 * mse(noisy, clean), "the stack as a whole gained"
+    check = check_output(noisy, output, "YX", "x")
+    assert check.verdict == "worse" and "(frame 2)" in check.message
+    picked = check_output(noisy, output, "YX", "x", frame_numbers=[0, 40, 80, 120, 160, 200])
+    assert "(frame 80)" in picked.message, "frames picked from a long stack are named as the user numbers them"
+    fine = check_output(noisy, clean + 0.0, "YX", "x")
+    assert fine.verdict == "ok" and "frame" not in fine.message, "good frames raise nothing"

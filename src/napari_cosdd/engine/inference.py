@@ -382,7 +382,7 @@ def denoise_iter(model: COSDD, image, axes: str, method: str = "direct", n_sampl
         setattr(result, n, arr)
     # The main output (direct, or the mean of the samples) is checked against the input.
     result.check = check_output(np.stack(seen_in), np.stack(seen_out), layout.spatial_axes,
-                                model.config.orientation)
+                                model.config.orientation, frame_numbers=pick)
     result.info["check"] = result.check.to_dict()
     return result
 

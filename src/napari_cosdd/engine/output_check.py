@@ -37,6 +37,9 @@ SIGNIFICANT = 4.0
 #: axis: the estimate needs no more, and its memory stays bounded (about 35 MB per copy in float64).
 MAX_FRAMES = 16
 MAX_SIDE = {"Z": 64, "Y": 512, "X": 512}
+#: A frame is judged on its own as well when it has at least this many pixels (in the box looked at): a
+#: 128x128 frame holds its noise estimate within a few per cent.
+MIN_FRAME_PIXELS = 128 * 128
 
 
 @dataclass
@@ -93,6 +96,24 @@ def _correlated_part(c: np.ndarray, n: int) -> float:
     return float(min(max(value, c1), c[0]))
 
 
+def _estimate(y: np.ndarray, r: np.ndarray, across: list[int]) -> tuple[float, float, float, float]:
+    """(gain bound in dB, noise variance, error floor, structure lost) for frames y (n, *spatial) of one
+    channel and their residual r = input - output, from covariances across the axes ``across``."""
+    cy = np.mean([_covariances(y, 1 + i) for i in across], axis=0)
+    cr = np.mean([_covariances(r, 1 + i) for i in across], axis=0)
+    noise = cy[0] - _correlated_part(cy, y.size)
+    floor = _correlated_part(cr, r.size) + float(np.mean(r.mean(axis=tuple(range(1, r.ndim))) ** 2))
+    lost = cr[1] / cy[1] if cy[1] > 0 else float("nan")
+    gain = float("inf") if floor <= 0 else 10 * np.log10(max(noise, 1e-300) / floor)
+    return gain, noise, floor, float(np.clip(lost, 0.0, 1.0))
+
+
+def _verdict(gain: float, lost: float) -> str:
+    if gain < WORSE_DB:
+        return "worse"
+    return "doubtful" if gain < DOUBTFUL_DB or lost > STRUCTURE_LOST else "ok"
+
+
 def check_region(n_frames: int, spatial: tuple[int, ...], spatial_axes: str) -> tuple[np.ndarray, tuple]:
     """The frames (evenly spaced, at most MAX_FRAMES) and the central box of each that check_output looks
     at; work done frame by frame keeps only these."""
@@ -102,13 +123,17 @@ def check_region(n_frames: int, spatial: tuple[int, ...], spatial_axes: str) -> 
     return pick, box
 
 
-def check_output(noisy: np.ndarray, output: np.ndarray, spatial_axes: str, orientation: str) -> OutputCheck:
+def check_output(noisy: np.ndarray, output: np.ndarray, spatial_axes: str, orientation: str,
+                 frame_numbers=None) -> OutputCheck:
     """Estimate whether ``output`` improves on ``noisy``.
 
     noisy, output : (N, C, *spatial) arrays in the same units (frames and channels).
     spatial_axes : "YX" or "ZYX", naming the trailing axes.
     orientation : the axis letter the noise is correlated along ("x", "y", "z") or "none".
-    The worst channel decides the verdict.
+    frame_numbers : what the frames are called in messages (the user's frame numbers, when these frames
+        are a few picked from a longer stack); their positions by default.
+    The worst channel decides the verdict, and so does the worst frame when it is not ok
+    while the stack as a whole is.
     """
     if np.shape(noisy) != np.shape(output):
         raise ValueError(f"noisy {np.shape(noisy)} and output {np.shape(output)} differ in shape")
@@ -122,34 +147,36 @@ def check_output(noisy: np.ndarray, output: np.ndarray, spatial_axes: str, orien
     if not across:
         return OutputCheck("", float("nan"), float("nan"), float("nan"), float("nan"), "ok",
                            "the image is too small across the noise's axis to check the output")
-    per_channel = []
-    for ch in range(noisy.shape[1]):
-        y, r = noisy[:, ch], noisy[:, ch] - output[:, ch]
-        cy = np.mean([_covariances(y, 1 + i) for i in across], axis=0)
-        cr = np.mean([_covariances(r, 1 + i) for i in across], axis=0)
-        noise = cy[0] - _correlated_part(cy, y.size)
-        floor = _correlated_part(cr, r.size) + float(np.mean(r.mean(axis=tuple(range(1, r.ndim))) ** 2))
-        lost = cr[1] / cy[1] if cy[1] > 0 else float("nan")
-        gain = float("inf") if floor <= 0 else 10 * np.log10(max(noise, 1e-300) / floor)
-        per_channel.append((gain, noise, floor, float(np.clip(lost, 0.0, 1.0))))
+    n_ch = noisy.shape[1]
+    per_channel = [_estimate(noisy[:, ch], noisy[:, ch] - output[:, ch], across) for ch in range(n_ch)]
     gain, noise, floor, lost = min(per_channel)
     letters = "".join(spatial_axes[i] for i in across)
     if not noise > 1e-6 * max(float(np.var(noisy)), 1e-300):
         return OutputCheck(letters, noise, floor, float("nan"), lost, "ok",
                            "the input looks nearly noise-free across its rows; the output was not checked")
-    where = f" (channel {per_channel.index(min(per_channel))})" if len(per_channel) > 1 else ""
-    if gain < WORSE_DB:
-        verdict = "worse"
+    where = f" (channel {per_channel.index(min(per_channel))})" if n_ch > 1 else ""
+    # A stack can be fine on the whole and wrong on one frame (a dark frame given a false offset): each
+    # frame large enough for its own estimate is judged as well, and the worst one speaks if its bound
+    # on the gain is too low.
+    if len(pick) > 1 and np.prod(noisy.shape[2:]) >= MIN_FRAME_PIXELS:
+        per_frame = [(_estimate(noisy[k:k + 1, ch], noisy[k:k + 1, ch] - output[k:k + 1, ch], across), k, ch)
+                     for k in range(len(pick)) for ch in range(n_ch)]
+        (f_gain, f_noise, f_floor, f_lost), k, ch = min(per_frame)
+        # by its gain alone: one frame's share of structure is unsteady where the frame is nearly empty
+        if f_gain < DOUBTFUL_DB and _verdict(gain, lost) == "ok":
+            gain, noise, floor, lost = f_gain, f_noise, f_floor, f_lost
+            number = int(pick[k]) if frame_numbers is None else int(frame_numbers[pick[k]])
+            where = f" (frame {number}" + (f", channel {ch}" if n_ch > 1 else "") + ")"
+    verdict = _verdict(gain, lost)
+    if verdict == "worse":
         message = (f"the output is likely WORSE than the input{where}: its error is at least "
                    f"{-gain:.1f} dB above the noise it removed. Train longer, check the orientation, or use the "
                    "input as it is")
-    elif gain < DOUBTFUL_DB or lost > STRUCTURE_LOST:
-        verdict = "doubtful"
+    elif verdict == "doubtful":
         message = (f"the output may be little better than the input{where}: at most {gain:+.1f} dB, and the "
                    f"residual holds {100 * lost:.0f}% of the image's structure. Train longer, or check the "
                    "orientation")
     else:
-        verdict = "ok"
         bound = f"; the gain is at most {gain:+.1f} dB" if gain < 20 else ""
         message = (f"the residual (input - output) looks like noise{where}: it holds {100 * lost:.0f}% of the "
                    f"image's structure{bound}")
