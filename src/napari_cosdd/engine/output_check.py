@@ -158,16 +158,17 @@ def check_output(noisy: np.ndarray, output: np.ndarray, spatial_axes: str, orien
     # A stack can be fine on the whole and wrong on one frame (a dark frame given a false offset): each
     # frame large enough for its own estimate is judged as well, and the worst one speaks if its bound
     # on the gain is too low.
-    if len(pick) > 1 and np.prod(noisy.shape[2:]) >= MIN_FRAME_PIXELS:
+    verdict = _verdict(gain, lost)
+    if verdict == "ok" and len(pick) > 1 and np.prod(noisy.shape[2:]) >= MIN_FRAME_PIXELS:
         per_frame = [(_estimate(noisy[k:k + 1, ch], noisy[k:k + 1, ch] - output[k:k + 1, ch], across), k, ch)
                      for k in range(len(pick)) for ch in range(n_ch)]
         (f_gain, f_noise, f_floor, f_lost), k, ch = min(per_frame)
         # by its gain alone: one frame's share of structure is unsteady where the frame is nearly empty
-        if f_gain < DOUBTFUL_DB and _verdict(gain, lost) == "ok":
+        if f_gain < DOUBTFUL_DB:
             gain, noise, floor, lost = f_gain, f_noise, f_floor, f_lost
+            verdict = _verdict(gain, lost)
             number = int(pick[k]) if frame_numbers is None else int(frame_numbers[pick[k]])
             where = f" (frame {number}" + (f", channel {ch}" if n_ch > 1 else "") + ")"
-    verdict = _verdict(gain, lost)
     if verdict == "worse":
         message = (f"the output is likely WORSE than the input{where}: its error is at least "
                    f"{-gain:.1f} dB above the noise it removed. Train longer, check the orientation, or use the "
