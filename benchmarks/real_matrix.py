@@ -215,8 +215,8 @@ def load_first(tags: tuple[str, ...]) -> dict[tuple[str, str], tuple[str, dict]]
 
 
 def table(ours_tag: str = DEFAULT_TAG, ref_tags: tuple[str, ...] = REF_TAGS,
-          images: tuple[str, ...] = R.IMAGES) -> str:
-    """The markdown table of every measured cell of `images`: ours beside the reference (from the first
+          images: tuple[str, ...] = R.IMAGES) -> str | None:
+    """The markdown table of every measured cell of `images` (None when none is measured): ours beside the reference (from the first
     of `ref_tags` that has the cell; a tag other than the last is named beside its steps). The margin that
     issue #11 sets is against the reference's best, the better of its mean of 20 and its direct."""
     ours, ref = R.load_results(ours_tag), load_first(ref_tags)
@@ -251,7 +251,7 @@ def table(ours_tag: str = DEFAULT_TAG, ref_tags: tuple[str, ...] = REF_TAGS,
                                         if c["gain_at_most_db"] < 20 else "")
             lines.append(f"| {image} {noise} | {noisy} | "
                          + " | ".join(ours_cols + ref_cols + (hosts,) + diff + (check,)) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else None
 
 
 def peers_table(ours_tag: str = DEFAULT_TAG, ref_tags: tuple[str, ...] = REF_TAGS) -> str | None:
@@ -368,18 +368,18 @@ def calibration_plot(ours_tag: str = DEFAULT_TAG, path: str = CAL_PLOT, second_t
 
 def cmd_table(args) -> None:
     text = table(args.tag, tuple(args.ref_tag))
-    print(text)
+    print(text or f"nothing measured under '{args.tag}' yet")
     cal = calibration_table(args.tag)
     print(cal)
     peers = peers_table(args.tag, tuple(args.ref_tag))
     if peers:
         print(peers)
     held = table(HELD_TAG, HELD_REF_TAGS, R.HELD_OUT)
-    held = held if len(held.splitlines()) > 2 else None  # the header and its rule only: nothing measured yet
     if held:
         print(held)
     if not args.no_write:
-        R.write_into_docs(text, BEGIN, END)
+        if text:
+            R.write_into_docs(text, BEGIN, END)
         R.write_into_docs(cal, CAL_BEGIN, CAL_END)
         if peers:
             R.write_into_docs(peers, PEER_BEGIN, PEER_END)
