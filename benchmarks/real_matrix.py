@@ -216,9 +216,10 @@ def load_first(tags: tuple[str, ...]) -> dict[tuple[str, str], tuple[str, dict]]
 
 def table(ours_tag: str = DEFAULT_TAG, ref_tags: tuple[str, ...] = REF_TAGS,
           images: tuple[str, ...] = R.IMAGES) -> str | None:
-    """The markdown table of every measured cell of `images` (None when none is measured): ours beside the reference (from the first
+    """The markdown table of every measured cell of `images`: ours beside the reference (from the first
     of `ref_tags` that has the cell; a tag other than the last is named beside its steps). The margin that
-    issue #11 sets is against the reference's best, the better of its mean of 20 and its direct."""
+    issue #11 sets is against the reference's best, the better of its mean of 20 and its direct. None
+    when no cell is measured."""
     ours, ref = R.load_results(ours_tag), load_first(ref_tags)
     lines = [
         "| cell | noisy | ours: 1 sample / mean of 20 / direct | KL per level (finest first) | steps, s "
