@@ -2,10 +2,13 @@
 the default, on retina y. The VAE trains exactly as in the default run (same seed, same crops; the Direct
 Denoiser's loss does not reach it), so the pair isolates the Direct Denoiser's normalisation. The model
 file is not saved: its layout is not one the model format knows. Usage: python benchmarks/abl_direct_groupnorm.py"""
+import os
 import sys
-sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.abspath(__file__)))
+
 import torch
-import real_matrix as RM
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import real_matrix as RM  # noqa: E402
 
 Base = RM.Trainer
 

@@ -21,8 +21,6 @@ import time
 
 import numpy as np
 
-import realdata as R
-
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -193,6 +191,8 @@ def main() -> None:
     p.add_argument("--cpu-variants", action="store_true",
                    help="training only, CPU: fp32 and bf16 autocast, each with and without channels-last")
     args = p.parse_args()
+
+    import realdata as R  # here, not at the top: each measurement's subprocess imports this module
 
     print(f"# machine: {R.machine_name(platform)}, {args.threads} threads, device {args.device}")
     print(f"# calibration: conv3x3 64->64 4x64x64 fwd+bwd {calibration(args.threads) * 1e3:.1f} ms")
