@@ -98,10 +98,32 @@ def test_config_round_trip_rebuilds_the_same_model():
     assert [p.shape for p in a.parameters()] == [p.shape for p in b.parameters()]
 
 
+@pytest.mark.parametrize("norm,independent", [("pixel", True), ("none", True), ("batch", False)])
+def test_direct_denoiser_norm_decides_whether_a_tile_depends_on_its_batch(norm, independent):
+    """With pixel (or no) normalisation, the Direct Denoiser's output for one crop is the same alone or in a
+    batch, in training and in evaluation mode: what it learns on batches of crops is what it does on one
+    tile. BatchNorm fails both (here after one training-mode pass has moved its running statistics)."""
+    from napari_cosdd.engine.nets.direct_denoiser import DirectDenoiser
+
+    torch.manual_seed(0)
+    net = DirectDenoiser(2, 1, 8, [1, 0, 1], "block", norm)
+    x = torch.randn(4, 1, 32, 32)
+    x[0] = x[0] * 0.1 - 2  # a flat dark crop among busier ones
+    net.train()
+    with torch.no_grad():
+        in_batch = net(x)[:1]
+        alone_train = net(x[:1])
+        net.eval()
+        alone_eval = net(x[:1])
+    same = torch.allclose(in_batch, alone_train, atol=1e-5) and torch.allclose(in_batch, alone_eval, atol=1e-5)
+    assert same == independent
+
+
 @pytest.mark.parametrize("bad,match", [
     (dict(orientation="diagonal"), "orientation"),
     (dict(orientation="z", spatial_dims=2), "3-D"),
     (dict(direct_loss="huber"), "direct_loss"),
+    (dict(direct_norm="group"), "direct_norm"),
     (dict(levels=3, downsampling=(1, 1)), "entries"),
 ])
 def test_invalid_configs_say_why(bad, match):

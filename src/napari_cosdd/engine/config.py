@@ -12,6 +12,7 @@ DIRECT_LOSSES = ("mse", "l1")
 OPTIMIZERS = ("adam", "adamax")
 ANNEAL_PARTS = ("all", "direct")
 MERGES = ("block", "add")
+NORMS = ("batch", "pixel", "none")  # nets.blocks.norm_layer
 
 
 def setting(default: Any, help: str, *, kind: type | None = None, choices: tuple[str, ...] | None = None,
@@ -75,6 +76,11 @@ class ModelConfig:
     direct_denoiser: bool = setting(True, "Train a Direct Denoiser U-Net alongside, for one-pass denoising.")
     direct_loss: str = setting("mse", "mse: the Direct Denoiser learns the posterior mean; l1: the pixel-wise "
                                       "median.", choices=DIRECT_LOSSES)
+    direct_norm: str = setting("batch", "Normalisation in the Direct Denoiser's blocks: batch (BatchNorm, whose "
+                                        "statistics over a batch of training crops can shift flat dark regions "
+                                        "at inference, see benchmarks.md), pixel (the channels of each pixel "
+                                        "normalised on their own: the same in training and inference, tile by "
+                                        "tile) or none.", choices=NORMS)
 
     def __post_init__(self) -> None:
         self.downsampling = tuple(int(d) for d in self.downsampling)
@@ -101,6 +107,8 @@ class ModelConfig:
             raise ValueError("signal_decoder_features must be at least 1 (or None for the features)")
         if self.direct_loss not in DIRECT_LOSSES:
             raise ValueError(f"direct_loss must be one of {DIRECT_LOSSES}, got {self.direct_loss!r}")
+        if self.direct_norm not in NORMS:
+            raise ValueError(f"direct_norm must be one of {NORMS}, got {self.direct_norm!r}")
         for name in ("in_channels", "levels", "features", "latent_channels", "ar_filters",
                      "ar_kernel", "mixture_components", "signal_decoder_layers"):
             if getattr(self, name) < 1:

@@ -22,7 +22,11 @@ from .nets.model import COSDD
 FORMAT = "napari-cosdd-model"
 # 2: the networks follow the method's ladder VAE (merge blocks, 3x3 latent convolutions, AR blocks);
 # files of format 1 hold the weights of the earlier, lighter networks and cannot be loaded into these.
-FORMAT_VERSION = 2
+# 3: the Direct Denoiser's normalisation is a setting (direct_norm); format 2 files all used BatchNorm.
+FORMAT_VERSION = 3
+OLDEST_READABLE = 2
+# The model settings a file of an older format left out, with the value its networks were built with.
+SETTINGS_ADDED = {3: {"direct_norm": "batch"}}
 
 
 class ModelFileError(ValueError):
@@ -110,11 +114,15 @@ def read_model_file(path: str | os.PathLike) -> dict:
             f"{path} was written by napari-cosdd {payload.get('package_version', '?')} in model format "
             f"{version}; this napari-cosdd ({_package_version()}) reads format {FORMAT_VERSION}. Upgrade napari-cosdd."
         )
-    if version < FORMAT_VERSION:
+    if version < OLDEST_READABLE:
         raise ModelFileError(
             f"{path} was made by napari-cosdd {payload.get('package_version', '?')} (model format {version}), "
             f"whose networks differ from this version's (format {FORMAT_VERSION}); train the model again on "
             "the same images with this version")
+    if isinstance(payload.get("model_config"), dict):
+        for added in range(version + 1, FORMAT_VERSION + 1):
+            for name, value in SETTINGS_ADDED.get(added, {}).items():
+                payload["model_config"].setdefault(name, value)
     return payload
 
 

@@ -20,16 +20,17 @@ class DirectDenoiser(nn.Module):
     stopped): MSE makes it the posterior mean, L1 the pixel-wise posterior median.
     """
 
-    def __init__(self, spatial_dims: int, in_channels: int, features: int, downsampling, merge: str) -> None:
+    def __init__(self, spatial_dims: int, in_channels: int, features: int, downsampling, merge: str,
+                 norm: str = "batch") -> None:
         super().__init__()
         d, f = spatial_dims, features
         downsampling = [int(v) for v in downsampling]
-        self.encoder = Encoder(d, in_channels, f, downsampling)
+        self.encoder = Encoder(d, in_channels, f, downsampling, norm)
         below_top = downsampling[:-1]
-        self.merge = nn.ModuleList(Merge(d, f, merge) for _ in below_top)
-        self.skip = nn.ModuleList(Merge(d, f, merge) for _ in below_top)
+        self.merge = nn.ModuleList(Merge(d, f, merge, norm) for _ in below_top)
+        self.skip = nn.ModuleList(Merge(d, f, merge, norm) for _ in below_top)
         self.up = nn.ModuleList(Upsample(d, f) if flag else nn.Identity() for flag in downsampling)
-        self.blocks = nn.ModuleList(ResidualBlock(d, f) for _ in downsampling)
+        self.blocks = nn.ModuleList(ResidualBlock(d, f, norm=norm) for _ in downsampling)
         self.head = conv(d, f, in_channels, kernel=1)
 
     @staticmethod
@@ -37,7 +38,7 @@ class DirectDenoiser(nn.Module):
         """The constructor's arguments for a ModelConfig (plain values: they also go into an export)."""
         return {"spatial_dims": config.spatial_dims, "in_channels": config.in_channels,
                 "features": config.features, "downsampling": [int(v) for v in config.downsampling],
-                "merge": config.merge}
+                "merge": config.merge, "norm": config.direct_norm}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         values = self.encoder(x)
