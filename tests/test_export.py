@@ -65,6 +65,32 @@ def test_the_architecture_file_needs_only_torch(tmp_path, tiny_model):
     assert "import torch" in architecture_source() and "napari_cosdd" not in architecture_source().split('"""')[2]
 
 
+@pytest.mark.parametrize("norm", ["pixel", "none"])
+def test_the_architecture_file_rebuilds_each_normalisation(tmp_path, norm):
+    """The shipped file builds the same network for every direct_norm, so the weights fill it exactly."""
+    import importlib.util
+
+    import torch
+
+    from napari_cosdd.engine.config import model_config_from_preset
+    from napari_cosdd.engine.nets.model import COSDD
+
+    (tmp_path / "arch_norm.py").write_text(architecture_source())
+    spec = importlib.util.spec_from_file_location("arch_norm", tmp_path / "arch_norm.py")
+    arch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(arch)
+    torch.manual_seed(0)
+    config = model_config_from_preset("tiny", 32, orientation="x", direct_norm=norm)
+    ours = COSDD(config).direct_denoiser.eval()
+    kwargs = type(ours).arguments(config)
+    assert kwargs["norm"] == norm
+    shipped = arch.DirectDenoiser(**kwargs).eval()
+    shipped.load_state_dict(ours.state_dict())  # strict: the same parameters and buffers, name for name
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(shipped(x), ours(x))
+
+
 def test_a_model_without_a_direct_denoiser_is_refused(tmp_path):
     from napari_cosdd.engine.config import ModelConfig
     from napari_cosdd.engine.nets.model import COSDD
