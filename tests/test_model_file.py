@@ -84,10 +84,21 @@ def test_older_format_asks_for_retraining(tiny_model, tmp_path):
         load_model(_saved_with_format(tiny_model, tmp_path / "m.cosdd", 1))
 
 
-def test_format_2_files_load_with_the_batchnorm_they_were_made_with(tiny_model, stripes_small, tmp_path):
+def _untrained(direct_norm):
+    from napari_cosdd.engine.config import model_config_from_preset
+    from napari_cosdd.engine.nets.model import COSDD
+
+    torch.manual_seed(0)
+    model = COSDD(model_config_from_preset("tiny", 32, orientation="x", direct_norm=direct_norm))
+    model.set_normalisation([0.5], [0.2])
+    return model.eval()
+
+
+def test_format_2_files_load_with_the_batchnorm_they_were_made_with(stripes_small, tmp_path):
     """Format 2 left out direct_norm (every Direct Denoiser then used BatchNorm): such a file still opens,
     as BatchNorm, and denoises exactly as before, whatever the current default."""
-    path = _saved_with_format(tiny_model, tmp_path / "m.cosdd", 2)
+    model = _untrained("batch")
+    path = _saved_with_format(model, tmp_path / "m.cosdd", 2)
     payload = torch.load(path, weights_only=True)
     del payload["model_config"]["direct_norm"]
     torch.save(payload, path)
@@ -95,27 +106,14 @@ def test_format_2_files_load_with_the_batchnorm_they_were_made_with(tiny_model, 
     assert again.config.direct_norm == "batch"
     img = stripes_small[0][0]
     assert np.array_equal(denoise(again, img, "YX", device="cpu").direct,
-                          denoise(tiny_model, img, "YX", device="cpu").direct)
+                          denoise(model, img, "YX", device="cpu").direct)
 
 
-def test_the_shipped_model_of_format_2_still_opens():
-    from napari_cosdd._sample_data import pretrained_model_path
-
-    path = pretrained_model_path()
-    assert torch.load(path, weights_only=True)["format_version"] <= 3
-    assert load_model(path).config.direct_norm == "batch"
-
-
-def test_pixel_norm_model_round_trip(stripes_small, tmp_path):
-    from napari_cosdd.engine.config import model_config_from_preset
-    from napari_cosdd.engine.nets.model import COSDD
-
-    torch.manual_seed(0)
-    model = COSDD(model_config_from_preset("tiny", 32, orientation="x", direct_norm="pixel"))
-    model.set_normalisation([0.5], [0.2])
-    model.eval()
+@pytest.mark.parametrize("direct_norm", ["batch", "pixel", "none"])
+def test_every_direct_norm_round_trips(direct_norm, stripes_small, tmp_path):
+    model = _untrained(direct_norm)
     again = load_model(save_model(model, tmp_path / "m.cosdd"))
-    assert again.config.direct_norm == "pixel"
+    assert again.config.direct_norm == direct_norm
     img = stripes_small[0][0]
     assert np.array_equal(denoise(again, img, "YX", device="cpu").direct,
                           denoise(model, img, "YX", device="cpu").direct)
