@@ -76,11 +76,10 @@ class ModelConfig:
     direct_denoiser: bool = setting(True, "Train a Direct Denoiser U-Net alongside, for one-pass denoising.")
     direct_loss: str = setting("mse", "mse: the Direct Denoiser learns the posterior mean; l1: the pixel-wise "
                                       "median.", choices=DIRECT_LOSSES)
-    direct_norm: str = setting("batch", "Normalisation in the Direct Denoiser's blocks: batch (BatchNorm, whose "
-                                        "statistics over a batch of training crops can shift flat dark regions "
-                                        "at inference, see benchmarks.md), pixel (the channels of each pixel "
-                                        "normalised on their own: the same in training and inference, tile by "
-                                        "tile) or none.", choices=NORMS)
+    direct_norm: str = setting("batch", "Normalisation in the Direct Denoiser's blocks: batch (BatchNorm; on flat "
+                                        "dark regions it can shift the output, see benchmarks.md), pixel (each "
+                                        "pixel's channels normalised on their own; slower on a CPU) or none (the "
+                                        "same output alone or in a batch, in training or inference).", choices=NORMS)
 
     def __post_init__(self) -> None:
         self.downsampling = tuple(int(d) for d in self.downsampling)
